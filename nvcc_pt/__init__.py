@@ -1,0 +1,35 @@
+"""nvcc_pt: compile prompt-tuned LLMs onto non-volatile compute-in-memory crossbars.
+
+    >>> import nvcc_pt
+    >>> cm = nvcc_pt.compile(model, target="reram-128x128")
+    >>> logits = cm(input_ids); print(cm.report)
+"""
+
+from nvcc_pt import targets as _targets  # noqa: F401  (registers presets)
+from nvcc_pt.api import CompiledModel, compile, load
+from nvcc_pt.errors import (
+    AllocationError,
+    CaptureError,
+    DeviceError,
+    ExportError,
+    FidelityError,
+    InputError,
+    NvccPtError,
+    PassError,
+    PlanFormatError,
+    TargetError,
+    UnsupportedOpError,
+)
+from nvcc_pt.ops import FIDELITIES
+from nvcc_pt.passmanager import MappingPolicy
+from nvcc_pt.report import MappingReport
+from nvcc_pt.targets import DeviceModel, TargetSpec, get_target, list_targets, register_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FIDELITIES", "AllocationError", "CaptureError", "CompiledModel", "DeviceError", "DeviceModel", "ExportError",
+    "FidelityError", "InputError", "MappingPolicy", "MappingReport", "NvccPtError", "PassError", "PlanFormatError",
+    "TargetError", "TargetSpec", "UnsupportedOpError", "compile", "get_target", "list_targets", "load",
+    "register_target",
+]

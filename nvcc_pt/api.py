@@ -1,0 +1,254 @@
+"""Public API: `compile()`, `load()` and the `CompiledModel` they return."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+from tqdm.auto import tqdm
+
+from nvcc_pt import meta
+from nvcc_pt.capture import CaptureInfo, capture, check_inputs
+from nvcc_pt.errors import DeviceError, FidelityError, InputError
+from nvcc_pt.ops import FIDELITIES
+from nvcc_pt.passes.lower import lower
+from nvcc_pt.passmanager import MappingPolicy, PassContext, run_passes
+from nvcc_pt.pipeline import run_pipeline
+from nvcc_pt.plan import ExecutablePlan, attach_records, collect_records, decode_records, read_plan_dir, save_plan
+from nvcc_pt.report import MappingReport, build_report
+from nvcc_pt.targets import TargetSpec, get_target
+from nvcc_pt.targets.simulator import program_state
+
+
+def _check_fidelity(fidelity: str) -> str:
+    if fidelity not in FIDELITIES:
+        raise FidelityError(f"unknown fidelity {fidelity!r}; choose one of {FIDELITIES}")
+    return fidelity
+
+
+class CompiledModel:
+    """A model mapped onto a CiM target: call it to run the plan on the simulator.
+
+    Example:
+        >>> cm = nvcc_pt.compile(model, target="reram-128x128", fidelity="noisy", seed=0)
+        >>> logits = cm(input_ids)
+        >>> print(cm.report)
+        >>> cm.program(seed=3)            # another programmed instance of the same chip
+        >>> cm.save("plan/"); nvcc_pt.load("plan/")
+    """
+
+    def __init__(self, plan: ExecutablePlan, report: MappingReport, soft_prompt: torch.Tensor | None = None):
+        self.plan = plan
+        self.report = report
+        self.soft_prompt = soft_prompt
+        """The soft prompt used when a call passes none (prompted models with the prompt as an input)."""
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def target(self) -> TargetSpec:
+        return self.plan.target
+
+    @property
+    def fidelity(self) -> str:
+        return self.plan.fidelity
+
+    @property
+    def seed(self) -> int:
+        return self.plan.seed
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        return self.plan.graph_module
+
+    @property
+    def device(self) -> torch.device:
+        for _, state in self.plan.states():
+            return state.weight.device
+        for p in self.graph_module.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # -- running ----------------------------------------------------------------------------
+    def __call__(self, *args: torch.Tensor, soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        info = self.plan.capture
+        args = tuple(a.long() if isinstance(a, torch.Tensor) and a.dtype == torch.int32 and i == 0
+                     and info.kind != "module" else a for i, a in enumerate(args))
+        if info.kind == "soft-prompt-lm" and not info.constant_prompt:
+            if len(args) == 2 and soft_prompt is None:
+                args, soft_prompt = args[:1], args[1]
+            prompt = self.soft_prompt if soft_prompt is None else soft_prompt
+            args = (*args, prompt)
+        elif soft_prompt is not None:
+            raise InputError(f"this compiled {info.model_class} takes no soft prompt input; compile a SoftPromptLM "
+                             "(or pass soft_prompt= to compile) to swap prompts at run time")
+        check_inputs(info, args)
+        device = self.device
+        if any(a.device != device for a in args):
+            raise InputError(f"inputs are on {sorted({str(a.device) for a in args})} but the compiled model is on "
+                             f"{device}; move them with .to({str(device)!r})")
+        return self.graph_module(*args)
+
+    forward = __call__
+
+    def program(self, seed: int | None = None) -> CompiledModel:
+        """Re-sample device variation (a new programmed instance of the chip); returns self."""
+        seed = self.plan.seed if seed is None else int(seed)
+        states = self.plan.states()
+        records = self.plan.records
+        for i, (name, state) in enumerate(tqdm(states, desc="programming crossbars", disable=len(states) < 64)):
+            program_state(state, records[name][meta.NOISE], self.plan.fidelity, seed, i)
+        self.plan.seed = seed
+        self.report._data["seed"] = seed
+        return self
+
+    def with_fidelity(self, fidelity: str) -> CompiledModel:
+        """The same mapping at another fidelity level, programmed with the same seed (a new object)."""
+        _check_fidelity(fidelity)
+        plan = _relower(self.plan.exported, self.plan.records, self.plan.target, fidelity, self.plan.seed,
+                        self.plan.capture, self.plan.results)
+        report = MappingReport(self.report.to_dict())
+        report._data["fidelity"] = fidelity
+        cm = CompiledModel(plan, report, self.soft_prompt)
+        cm.program(self.plan.seed)
+        return cm.to(self.device)
+
+    def to(self, device: str | torch.device) -> CompiledModel:
+        """Move the plan's weights and state to `device` (for example "cuda"); returns self."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise DeviceError("CUDA was asked for but torch.cuda.is_available() is False on this machine; "
+                              "use cm.to('cpu') or run where a CUDA GPU and a CUDA build of torch are present")
+        self.graph_module.to(device)
+        for _, state in self.plan.states():
+            state.source = state.source.to(device)
+        if self.soft_prompt is not None:
+            self.soft_prompt = self.soft_prompt.to(device)
+        return self
+
+    # -- files ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the plan directory (plan.json, tensors.safetensors, program.pt2)."""
+        self.plan.results["soft_prompt"] = "tensors" if self.soft_prompt is not None else ""
+        path = save_plan(self.plan, path)
+        if self.soft_prompt is not None:
+            from safetensors.torch import load_file, save_file
+
+            tensors = load_file(str(path / "tensors.safetensors"))
+            tensors["__soft_prompt__"] = self.soft_prompt.detach().cpu().contiguous()
+            save_file(tensors, str(path / "tensors.safetensors"))
+        return path
+
+    def __repr__(self) -> str:
+        t = self.report.totals
+        return (f"CompiledModel({self.plan.capture.model_class} on {self.target.name}, fidelity={self.fidelity!r}, "
+                f"seed={self.seed}, mapped ops={t['mapped_ops']}, arrays={t['arrays']}, chips={t['chips']})")
+
+
+def _relower(exported, records, target, fidelity, seed, capture_info, results) -> ExecutablePlan:
+    gm = exported.module()
+    attach_records(gm, records)
+    ctx = PassContext(target=target, results={"fidelity": fidelity})
+    ctx.provided.update(meta.RECORD_TYPES)
+    gm = run_passes(gm, ctx, [lower])
+    return ExecutablePlan(gm, exported, target, fidelity, seed, capture_info, records, dict(results))
+
+
+def compile(  # noqa: A001 - the name users expect
+    model: nn.Module,
+    target: str | TargetSpec = "reram-128x128",
+    *,
+    example_inputs: tuple | torch.Tensor | None = None,
+    fidelity: str = "noisy",
+    seed: int = 0,
+    policy: MappingPolicy | dict | str | None = None,
+    precision: dict[str, dict[str, int]] | None = None,
+    soft_prompt: torch.Tensor | None = None,
+    constant_prompt: bool = False,
+) -> CompiledModel:
+    """Map `model` onto `target` and return a runnable `CompiledModel`.
+
+    Args:
+        model: any nn.Module; Hugging Face causal LMs, `SoftPromptLM` and PEFT prompt-tuning models get
+            default example inputs and dynamic batch and sequence.
+        target: a registered name (`nvcc_pt.list_targets()`), `<device>-<rows>x<cols>`, or a `TargetSpec`.
+        example_inputs: inputs to capture with (required for models that are not causal LMs).
+        fidelity: "exact", "quantized", "noisy", "adc" or "bit-serial" (see DESIGN.md, Numerics).
+        seed: seeds the device variation drawn when programming.
+        policy: which products go on crossbars (`MappingPolicy`, a dict of its fields, or "no-lm-head").
+        precision: per-layer bit overrides, module-name glob -> {"weight_bits": 4, ...}.
+        soft_prompt: `[n_virtual, hidden]` virtual tokens to prepend (a causal LM becomes a prompted one).
+        constant_prompt: bake the soft prompt into the graph instead of keeping it a graph input.
+
+    Example:
+        >>> cm = nvcc_pt.compile(model, target="reram-128x128")
+        >>> print(cm.report)
+    """
+    spec = get_target(target)
+    _check_fidelity(fidelity)
+    ctx = PassContext(target=spec, policy=MappingPolicy.coerce(policy), precision=dict(precision or {}),
+                      results={"fidelity": fidelity})
+    exported, info = capture(model, example_inputs, soft_prompt=soft_prompt, constant_prompt=constant_prompt)
+    gm = exported.module()
+    gm = run_pipeline(gm, ctx)
+    records = collect_records(gm)
+    results = {k: v for k, v in ctx.results.items() if k != "dataflow"}
+    plan = ExecutablePlan(gm, exported, spec, fidelity, seed, info, records, results)
+    plan.dataflow = ctx.results.get("dataflow")
+    report = build_report(gm, ctx, model=info.model_class, fidelity=fidelity, seed=seed)
+    prompt = None
+    if info.kind == "soft-prompt-lm" and not info.constant_prompt:
+        prompt = _default_prompt(model, soft_prompt)
+    cm = CompiledModel(plan, report, prompt)
+    return cm.program(seed)
+
+
+def _default_prompt(model: nn.Module, soft_prompt: torch.Tensor | None) -> torch.Tensor:
+    from nvcc_pt.capture import unwrap_peft
+    from nvcc_pt.prompt.soft_prompt import SoftPromptLM
+
+    if soft_prompt is not None:
+        return soft_prompt.detach().clone()
+    if isinstance(model, SoftPromptLM):
+        return model.prompt.detach().clone()
+    peft = unwrap_peft(model)
+    assert peft is not None, "a prompted capture comes from a SoftPromptLM, a PEFT model or soft_prompt="
+    return peft[1].clone()
+
+
+def load(path: str | Path) -> CompiledModel:
+    """A `CompiledModel` from a plan directory written by `cm.save(path)`."""
+    from nvcc_pt.targets.spec import TargetSpec as Spec
+
+    doc, tensors, exported = read_plan_dir(path)
+    records = decode_records(doc)
+    try:
+        spec = Spec.from_dict(doc["target"])
+        info = CaptureInfo.from_dict(doc["capture"])
+        fidelity, seed = _check_fidelity(doc["fidelity"]), int(doc["seed"])
+    except (KeyError, TypeError, ValueError) as e:
+        from nvcc_pt.errors import PlanFormatError
+
+        raise PlanFormatError(f"{Path(path) / 'plan.json'} is malformed ({type(e).__name__}: {e}); save the plan again") from e
+    plan = _relower(exported, records, spec, fidelity, seed, info, doc.get("results", {}))
+    _restore_states(plan, tensors, path)
+    ctx = PassContext(target=spec, results=dict(doc.get("results", {})))
+    report = build_report(plan.graph_module, ctx, model=info.model_class, fidelity=fidelity, seed=seed)
+    prompt = tensors.get("__soft_prompt__")
+    return CompiledModel(plan, report, prompt)
+
+
+def _restore_states(plan: ExecutablePlan, tensors: dict[str, torch.Tensor], path) -> None:
+    from nvcc_pt.errors import PlanFormatError
+
+    for name, state in plan.states():
+        for buf in ("weight", *state.STATE):
+            key = f"{name}.{buf}"
+            if key not in tensors:
+                raise PlanFormatError(f"{Path(path) / 'tensors.safetensors'} lacks {key!r}; the programmed weights "
+                                      "are missing, save the plan again")
+            value = tensors[key]
+            if buf == "weight" and tuple(value.shape) != tuple(state.source.shape):
+                raise PlanFormatError(f"{key} has shape {tuple(value.shape)}, expected {tuple(state.source.shape)}")
+            setattr(state, buf, value.to(state.source.device))
+        state.config = dict(state.config, fidelity=plan.fidelity)

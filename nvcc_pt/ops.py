@@ -1,0 +1,74 @@
+"""The one custom op that mapped products lower to, and the module that holds its state.
+
+`nvcc_pt::cim_linear(x, weight, bias, state, config) -> y` computes `y = x @ W^T + b` the way
+the crossbars would at the fidelity named in `config` (a JSON string). `weight` is the
+effective dense weight `[N, K]` the fast paths use; `state` holds what the slower paths
+need (`CimState.STATE`). The simulator target registers the implementation; this module
+only declares the schema, a shape function, and a straight-through gradient so a compiled
+model can be trained through (noise-aware prompt training does that).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+FIDELITIES = ("exact", "quantized", "noisy", "adc", "bit-serial")
+
+torch.library.define(
+    "nvcc_pt::cim_linear",
+    "(Tensor x, Tensor weight, Tensor? bias, Tensor[] state, str config) -> Tensor",
+)
+
+
+@torch.library.register_fake("nvcc_pt::cim_linear")
+def _cim_linear_shape(x, weight, bias, state, config):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, _state, _config = inputs
+    ctx.save_for_backward(weight)
+    ctx.has_bias = bias is not None
+    ctx.x_shape = x.shape
+
+
+def _backward(ctx, grad):
+    (weight,) = ctx.saved_tensors
+    # Straight-through: quantizers and ADCs pass the gradient as if they were the identity.
+    grad_x = grad @ weight.to(grad.dtype)
+    grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+    return grad_x, None, grad_b, None, None
+
+
+torch.library.register_autograd("nvcc_pt::cim_linear", _backward, setup_context=_setup_context)
+
+
+@lru_cache(maxsize=4096)
+def parse_config(config: str) -> dict[str, Any]:
+    return json.loads(config)
+
+
+class CimState(nn.Module):
+    """The programmed state of one mapped op.
+
+    `source` is the original float weight `[N, K]` (a view, not saved); `weight` the effective
+    weight the fast paths multiply by; `STATE` names what the crossbar-level paths need.
+    """
+
+    STATE = ("scale", "levels", "adc_range")
+
+    def __init__(self, source: torch.Tensor, config: dict[str, Any]):
+        super().__init__()
+        self.register_buffer("source", source.detach(), persistent=False)
+        self.register_buffer("weight", source.detach())
+        for name in self.STATE:
+            self.register_buffer(name, torch.empty(0, device=source.device))
+        self.config = dict(config)
+
+    def config_json(self) -> str:
+        return json.dumps(self.config, sort_keys=True)

@@ -1,0 +1,66 @@
+"""Soft prompts: virtual tokens prepended to a causal LM's input embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nvcc_pt.errors import InputError
+
+
+def run_with_prompt(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
+    """Logits of `model` on `input_ids` with `prompt` (`[n_virtual, hidden]`) prepended to the embeddings.
+
+    The logits cover the virtual positions too (`[batch, n_virtual + seq, vocab]`), as PEFT returns them.
+    """
+    if prompt is None:
+        return model(input_ids=input_ids, use_cache=False).logits
+    embeds = model.get_input_embeddings()(input_ids)
+    virtual = prompt.to(embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1)
+    return model(inputs_embeds=torch.cat([virtual, embeds], dim=1), use_cache=False).logits
+
+
+class SoftPromptLM(nn.Module):
+    """A frozen causal LM with `num_virtual_tokens` trainable virtual tokens in front of every input.
+
+    Example:
+        >>> lm = SoftPromptLM(model, num_virtual_tokens=8)
+        >>> logits = lm(input_ids)                    # [batch, 8 + seq, vocab]
+        >>> cm = nvcc_pt.compile(lm, target="reram-128x128")
+        >>> cm(input_ids, soft_prompt=other_user_prompt)   # swapped without recompiling
+    """
+
+    def __init__(self, model: nn.Module, num_virtual_tokens: int = 8, *, init: torch.Tensor | None = None,
+                 seed: int = 0):
+        super().__init__()
+        if num_virtual_tokens <= 0:
+            raise InputError(f"num_virtual_tokens={num_virtual_tokens} must be positive")
+        embed = model.get_input_embeddings()
+        hidden = embed.weight.shape[1]
+        if init is None:
+            # Start from real token embeddings: prompt tuning converges faster from vocabulary rows
+            # than from random vectors (Lester et al., EMNLP 2021, Sec. 3).
+            g = torch.Generator().manual_seed(seed)
+            rows = torch.randint(0, embed.weight.shape[0], (num_virtual_tokens,), generator=g)
+            init = embed.weight.detach()[rows.to(embed.weight.device)].clone()
+        if tuple(init.shape) != (num_virtual_tokens, hidden):
+            raise InputError(f"soft prompt init has shape {tuple(init.shape)}; expected ({num_virtual_tokens}, {hidden})")
+        self.model = model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.prompt = nn.Parameter(init.detach().clone().float())
+        self.constant_prompt = False
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prompt.shape[0]
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, input_ids: torch.Tensor, soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+        prompt = self.prompt if soft_prompt is None else soft_prompt
+        if prompt.shape[-1] != self.prompt.shape[-1]:
+            raise InputError(f"soft prompt width {prompt.shape[-1]} does not match the model's hidden size {self.prompt.shape[-1]}")
+        return run_with_prompt(self.model, input_ids, prompt)

@@ -1,0 +1,27 @@
+"""annotate_noise: the device model and parameters each mapped op is programmed with.
+
+Level sigmas are resolved here for the op's cell precision, so a per-layer `cell_bits`
+override meets a state-dependent device model with the right number of levels (and
+fails clearly when the model has fixed levels that do not match).
+"""
+
+from __future__ import annotations
+
+from torch import fx
+
+from nvcc_pt import meta
+from nvcc_pt.meta import NoiseInfo
+from nvcc_pt.passmanager import PassContext, PassResult, graph_pass
+
+
+@graph_pass(requires=(meta.PRECISION,), provides=(meta.NOISE,))
+def annotate_noise(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    device = ctx.target.device
+    for node in ctx.nodes(gm, mapped_only=True):
+        levels = 2 ** node.meta[meta.PRECISION].cell_bits
+        node.meta[meta.NOISE] = NoiseInfo(
+            device=device.name, sigma=device.sigma, level_sigmas=device.level_sigmas(levels),
+            read_sigma=device.read_sigma, stuck_at_gmin=device.stuck_at_gmin, stuck_at_gmax=device.stuck_at_gmax,
+            drift_nu=device.drift_nu,
+        )
+    return PassResult(gm, modified=False)

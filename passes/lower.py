@@ -1,0 +1,71 @@
+"""lower: replace every mapped product by one call of `nvcc_pt::cim_linear`.
+
+Rule: `linear(x, W, b)`, `addmm(b, x, W)`, `mm(x, W)` and `matmul(x, W)` with a static `W`
+become `cim_linear(x, W_eff, b, state, config)`, with the weight oriented `[N, K]` and the
+state held by a `CimState` module at `cim.<node>`. The new node keeps the old node's
+records. Digital ops, including unmapped matmuls, are left as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+from nvcc_pt.passes.find_matmuls import static_value
+from torch import fx, nn
+
+from nvcc_pt import meta
+from nvcc_pt.ops import CimState
+from nvcc_pt.passmanager import PassContext, PassResult, graph_pass
+
+aten = torch.ops.aten
+STATE_ROOT = "cim"
+
+
+def operands(node: fx.Node):
+    """(x, weight operand, bias) of a lowerable product."""
+    if node.target is aten.linear.default:
+        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        return node.args[0], node.args[1], bias
+    if node.target is aten.addmm.default:
+        return node.args[1], node.args[2], node.args[0]
+    return node.args[0], node.args[1], None
+
+
+def op_config(node: fx.Node, fidelity: str, target) -> dict:
+    p: meta.Precision = node.meta[meta.PRECISION]
+    grid: meta.TileGrid = node.meta[meta.TILES]
+    return {
+        "op": node.name, "fidelity": fidelity, "weight_bits": p.weight_bits, "input_bits": p.input_bits,
+        "cell_bits": p.cell_bits, "dac_bits": p.dac_bits, "adc_bits": p.adc_bits, "sign": target.sign,
+        "rows": grid.rows, "cols": grid.cols, "slices": grid.slices, "adc_range": target.adc_range,
+    }
+
+
+@graph_pass(requires=(meta.TILES, meta.NOISE), provides=())
+def lower(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+    fidelity = ctx.results["fidelity"]
+    if not hasattr(gm, STATE_ROOT):
+        gm.add_module(STATE_ROOT, nn.Module())
+    root = getattr(gm, STATE_ROOT)
+    modified = False
+    for node in list(ctx.nodes(gm, mapped_only=True)):
+        x, w, bias = operands(node)
+        weight = static_value(gm, w)
+        if node.meta[meta.MATMUL].weight_transposed:
+            weight = weight.t()
+        state = CimState(weight, op_config(node, fidelity, ctx.target))
+        root.add_module(node.name, state)
+        with gm.graph.inserting_before(node):
+            prefix = f"{STATE_ROOT}.{node.name}"
+            w_node = gm.graph.get_attr(f"{prefix}.weight")
+            state_nodes = [gm.graph.get_attr(f"{prefix}.{s}") for s in CimState.STATE]
+            new = gm.graph.call_function(torch.ops.nvcc_pt.cim_linear.default,
+                                         (x, w_node, bias, state_nodes, state.config_json()))
+        new.meta.update(node.meta)
+        new.meta["nvcc_pt.lowered_from"] = node.name
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        modified = True
+    if modified:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return PassResult(gm, modified)
