@@ -56,3 +56,11 @@ class ExportError(NvccPtError):
 
 class DeviceError(NvccPtError):
     """A compute device (such as CUDA) was asked for but is not available."""
+
+
+class CostModelError(NvccPtError, ValueError):
+    """A hardware cost figure is negative, malformed, or missing for a component the target uses."""
+
+
+class DuplicationError(AllocationError):
+    """Weight duplication was asked for beyond the chips' capacity, or with an invalid count."""

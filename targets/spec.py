@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nvcc_pt.errors import TargetError
+from nvcc_pt.targets.costs import ComponentCosts
 
 SIGN_ENCODINGS = ("differential", "offset")
 ADC_RANGES = ("full-scale", "calibrated")
@@ -124,6 +125,8 @@ class TargetSpec:
     """Where the figures come from."""
     extra: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
     """Free-form (key, value) pairs later stages may read (kept hashable)."""
+    costs: ComponentCosts | None = None
+    """Per-component energy/area/speed figures; None uses the device family's preset (`targets/costs.py`)."""
 
     def __post_init__(self) -> None:
         positive = ("rows", "cols", "cell_bits", "weight_bits", "input_bits", "dac_bits", "adc_bits",
@@ -152,6 +155,8 @@ class TargetSpec:
         if not isinstance(self.device, DeviceModel):
             raise TargetError(f"target {self.name!r}: device must be a DeviceModel, got {type(self.device).__name__}")
         self.device.level_sigmas(self.levels)  # checks the level scales against the cells
+        if self.costs is not None and not isinstance(self.costs, ComponentCosts):
+            raise TargetError(f"target {self.name!r}: costs must be a ComponentCosts or None, got {type(self.costs).__name__}")
 
     # Derived quantities (DESIGN.md, Numerics).
     @property
@@ -211,6 +216,8 @@ class TargetSpec:
             if device.get("level_scale") is not None:
                 device["level_scale"] = tuple(device["level_scale"])
             d["extra"] = tuple(tuple(kv) for kv in d.get("extra", ()))
+            if d.get("costs") is not None:
+                d["costs"] = ComponentCosts.from_dict(d["costs"])
             return cls(device=DeviceModel(**device), **d)
         except (KeyError, TypeError) as e:
             raise TargetError(f"target record is malformed ({e}); it must come from TargetSpec.to_dict()") from e
