@@ -162,7 +162,7 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, *, soft_promp
             wrapper = _PromptedLM(base, prompt, constant_prompt)
             kind, n_virtual = "soft-prompt-lm", prompt.shape[0]
             if constant_prompt:
-                args, dynamic = (ids,), {"input_ids": seq, "soft_prompt": None}
+                args, dynamic = (ids,), {"input_ids": seq}
                 specs = (InputSpec("input_ids", "int64", (None, None)),)
             else:
                 args, dynamic = (ids, prompt), {"input_ids": seq, "soft_prompt": None}

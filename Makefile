@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   compile a built-in tiny Llama for reram-128x128, print the mapping report, save plan and report
+#   make test   run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first, pinned, so no dependency pulls the CUDA wheels.
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p out
+	HF_HUB_OFFLINE=1 $(VENV)/bin/nvcc-pt compile --model builtin:tiny-llama --target reram-128x128 \
+		--report out/map.json --save out/plan
+	HF_HUB_OFFLINE=1 $(VENV)/bin/nvcc-pt report out/plan --html out/map.html
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/compile_scale.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
