@@ -165,6 +165,8 @@ def compile(  # noqa: A001 - the name users expect
     precision: dict[str, dict[str, int]] | None = None,
     soft_prompt: torch.Tensor | None = None,
     constant_prompt: bool = False,
+    duplicate: bool | dict[str, int] = False,
+    tokens: int = 1,
 ) -> CompiledModel:
     """Map `model` onto `target` and return a runnable `CompiledModel`.
 
@@ -179,6 +181,9 @@ def compile(  # noqa: A001 - the name users expect
         precision: per-layer bit overrides, module-name glob -> {"weight_bits": 4, ...}.
         soft_prompt: `[n_virtual, hidden]` virtual tokens to prepend (a causal LM becomes a prompted one).
         constant_prompt: bake the soft prompt into the graph instead of keeping it a graph input.
+        duplicate: weight duplication to balance the pipeline: True fits copies of the bottleneck ops within the
+            chips' capacity; {op or module glob: copies} asks for exact counts (DuplicationError if they do not fit).
+        tokens: input vectors per inference that the report's latency is given for (prefill length).
 
     Example:
         >>> cm = nvcc_pt.compile(model, target="reram-128x128")
@@ -187,7 +192,7 @@ def compile(  # noqa: A001 - the name users expect
     spec = get_target(target)
     _check_fidelity(fidelity)
     ctx = PassContext(target=spec, policy=MappingPolicy.coerce(policy), precision=dict(precision or {}),
-                      results={"fidelity": fidelity})
+                      results={"fidelity": fidelity}, duplicate=duplicate, tokens=tokens)
     exported, info = capture(model, example_inputs, soft_prompt=soft_prompt, constant_prompt=constant_prompt)
     gm = exported.module()
     gm = run_pipeline(gm, ctx)

@@ -192,6 +192,22 @@ class CostInfo:
     area_mm2: float
     breakdown_pj: tuple[tuple[str, float], ...] = ()
     """Energy per component, (name, pJ)."""
+    on: str = "cim"
+    """Where the op runs: "cim", or the digital baseline's name."""
+    duplicates: int = 1
+    """Copies of the weights; `latency_ns / duplicates` is the op's pipeline interval."""
+    macs: int = 0
+    """Multiply-accumulates per token."""
+    programming_energy_pj: float | None = None
+    """Writing the op's weights once (all copies), pJ; None when the target gives no cell-write figure."""
+    area_breakdown_mm2: tuple[tuple[str, float], ...] = ()
+    """Area per component, (name, mm^2)."""
+    baseline_energy_pj: float = 0.0
+    """The same product on the target's digital baseline, pJ per token."""
+    baseline_latency_ns: float = 0.0
+    """The same product on the target's digital baseline, ns per token."""
+    counts: tuple[tuple[str, float], ...] = ()
+    """Events per token the energy is made of (array reads, ADC conversions, bytes, ...)."""
 
 
 RECORD_TYPES: dict[str, type] = {

@@ -72,6 +72,8 @@ class PassContext:
     """Per-layer overrides: module-name glob -> {"weight_bits": 4, ...}."""
     tokens: int = 1
     """Input vectors per inference the cost estimate is made for."""
+    duplicate: bool | dict[str, int] = False
+    """Weight duplication: False, True (balance the pipeline within capacity) or {op or module glob: copies}."""
     results: dict[str, Any] = field(default_factory=dict)
     """Graph-level results (`dataflow`, `chips_needed`, ...)."""
     provided: set[str] = field(default_factory=set)

@@ -7,6 +7,7 @@ from torch import fx
 from nvcc_pt.passes.allocate import allocate
 from nvcc_pt.passes.annotate_noise import annotate_noise
 from nvcc_pt.passes.annotate_precision import annotate_precision
+from nvcc_pt.passes.estimate_cost import estimate_cost
 from nvcc_pt.passes.find_matmuls import find_matmuls
 from nvcc_pt.passes.lower import lower
 from nvcc_pt.passes.partition import partition
@@ -20,6 +21,7 @@ ANALYSIS = [
     partition,           # weights -> physical columns -> arrays: the unit everything else counts
     allocate,            # arrays onto chips and macros: capacity, chips needed, pipeline stages
     annotate_noise,      # the device model each op is programmed with, resolved for its cell bits
+    estimate_cost,       # energy, latency, area per op from the target's cited figures, once placement is known
 ]
 LOWERING = [
     lower,               # mapped products become one custom op the targets know how to run

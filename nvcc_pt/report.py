@@ -11,7 +11,14 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
               "k", "n",                         # logical weight [K, N] (0 when not static)
               "arrays", "row_tiles", "col_tiles", "slices", "utilization",
               "weight_bits", "input_bits", "adc_bits", "device", "sigma",
-              "placement": str | None, "stage": int | None}],
+              "placement": str | None, "stage": int | None,
+              "on": str | None,                 # "cim" or the digital baseline that runs the op
+              "duplicates": int,                # copies of the weights (pipeline balancing)
+              "macs",                           # multiply-accumulates per token
+              "energy_pj", "latency_ns", "area_mm2",    # per token; latency of one copy
+              "energy_breakdown_pj": {component: pJ},   # array, dac, adc, shift_add, input_buffer, ...
+              "programming_energy_pj": float | None,    # writing the weights once (None: no figure)
+              "baseline_energy_pj", "baseline_latency_ns"}],  # the same product on the digital baseline
      "params": {"tied": [{"param", "aliases", "counted_as", "used_by"}]},
      "totals": {"arrays",                       # arrays holding weights
                 "arrays_allocated",             # arrays reserved, counting macro alignment
@@ -19,7 +26,19 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
                 "mapped_params",                # weights stored on crossbars (a tied weight once)
                 "digital_params",               # every other parameter (biases, norms, embeddings)
                 "model_params",                 # mapped_params + digital_params
-                "mapped_macs_fraction"}}        # share of per-token weight MACs done on crossbars
+                "mapped_macs_fraction",         # share of per-token weight MACs done on crossbars
+                "arrays_placed",                # arrays holding weights, copies included
+                "energy_pj", "cim_energy_pj", "digital_energy_pj",   # per token; energy_pj = sum of the rows
+                "energy_breakdown_pj": {component: pJ},              # sum of the rows' breakdowns
+                "area_mm2", "chip_area_mm2",    # the mapped ops' area; one full chip
+                "programming_energy_pj",        # writing every mapped weight once, or None
+                "pipeline_latency_ns",          # one token through the pipeline of mapped ops
+                "pipeline_interval_ns", "bottleneck",  # a token enters every interval; the op that sets it
+                "tokens", "latency_ns",         # latency of `tokens` input vectors, digital ops included
+                "baseline",                     # digital baseline name
+                "mapped_baseline_energy_pj", "mapped_baseline_latency_ns",  # mapped ops run digitally instead
+                "energy_ratio", "speedup"},     # baseline / CiM for the mapped ops (energy; latency of one token)
+     "costs": {"components": {...}, "baseline": {...}}}   # the figures used (targets/costs.py)
 """
 
 from __future__ import annotations
@@ -56,7 +75,7 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
             "op": info.op, "mapped": sel.mapped, "reason": sel.reason, "k": info.k, "n": info.n,
             "arrays": 0, "row_tiles": 0, "col_tiles": 0, "slices": 0, "utilization": 0.0,
             "weight_bits": None, "input_bits": None, "adc_bits": None, "device": None, "sigma": None,
-            "placement": None, "stage": None,
+            "placement": None, "stage": None, **_cost_fields(node.meta.get(meta.COST)),
         }
         if info.kind is MatmulKind.STATIC:
             static_macs += info.k * info.n
@@ -96,6 +115,10 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
 
     results = ctx.results
     target = ctx.target
+    from nvcc_pt.targets.costs import costs_for, get_baseline  # the figures the costs were made with
+
+    components = costs_for(target)
+    baseline = get_baseline(components.digital_baseline)
     data = {
         "schema": REPORT_SCHEMA, "model": model, "target": target.to_dict(), "fidelity": fidelity, "seed": seed,
         "ops": ops, "params": {"tied": tied},
@@ -109,9 +132,54 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
             "mapped_params": mapped_params, "digital_params": digital_params,
             "model_params": mapped_params + digital_params,
             "mapped_macs_fraction": round(mapped_macs / static_macs, 6) if static_macs else 0.0,
+            **_cost_totals(ops, results, baseline.name),
         },
+        "costs": {"components": components.to_dict(), "baseline": baseline.to_dict()},
     }
     return MappingReport(data)
+
+
+def _sig(x: float | None) -> float | None:
+    """Six significant digits: what a cost estimate can claim, and stable across platforms."""
+    return None if x is None else float(f"{x:.6g}")
+
+
+def _cost_fields(cost: meta.CostInfo | None) -> dict[str, Any]:
+    if cost is None:
+        return {"on": None, "duplicates": 1, "macs": 0, "energy_pj": 0.0, "latency_ns": 0.0, "area_mm2": 0.0,
+                "energy_breakdown_pj": {}, "programming_energy_pj": None, "baseline_energy_pj": 0.0,
+                "baseline_latency_ns": 0.0}
+    return {"on": cost.on, "duplicates": cost.duplicates, "macs": cost.macs, "energy_pj": _sig(cost.energy_pj),
+            "latency_ns": _sig(cost.latency_ns), "area_mm2": _sig(cost.area_mm2),
+            "energy_breakdown_pj": {k: _sig(v) for k, v in cost.breakdown_pj},
+            "programming_energy_pj": _sig(cost.programming_energy_pj),
+            "baseline_energy_pj": _sig(cost.baseline_energy_pj), "baseline_latency_ns": _sig(cost.baseline_latency_ns)}
+
+
+def _cost_totals(ops: list[dict[str, Any]], results: dict[str, Any], baseline: str) -> dict[str, Any]:
+    mapped = [o for o in ops if o["mapped"]]
+    breakdown: dict[str, float] = {}
+    for o in ops:
+        for k, v in o["energy_breakdown_pj"].items():
+            breakdown[k] = breakdown.get(k, 0.0) + v
+    cim = sum(o["energy_pj"] for o in mapped)
+    base_e = sum(o["baseline_energy_pj"] for o in mapped)
+    base_t = sum(o["baseline_latency_ns"] for o in mapped)
+    fill = results.get("pipeline_latency_ns", 0.0)
+    prog = [o["programming_energy_pj"] for o in mapped]
+    return {
+        "arrays_placed": sum(o["arrays"] * o["duplicates"] for o in ops),
+        "energy_pj": _sig(sum(o["energy_pj"] for o in ops)), "cim_energy_pj": _sig(cim),
+        "digital_energy_pj": _sig(sum(o["energy_pj"] for o in ops if not o["mapped"])),
+        "energy_breakdown_pj": {k: _sig(v) for k, v in breakdown.items()},
+        "area_mm2": _sig(sum(o["area_mm2"] for o in ops)), "chip_area_mm2": _sig(results.get("chip_area_mm2", 0.0)),
+        "programming_energy_pj": None if None in prog else _sig(sum(prog)),
+        "pipeline_latency_ns": _sig(fill), "pipeline_interval_ns": _sig(results.get("pipeline_interval_ns", 0.0)),
+        "bottleneck": results.get("bottleneck", ""), "tokens": results.get("tokens", 1),
+        "latency_ns": _sig(results.get("latency_ns", 0.0)), "baseline": baseline,
+        "mapped_baseline_energy_pj": _sig(base_e), "mapped_baseline_latency_ns": _sig(base_t),
+        "energy_ratio": _sig(base_e / cim) if cim else None, "speedup": _sig(base_t / fill) if fill else None,
+    }
 
 
 class MappingReport:

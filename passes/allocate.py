@@ -10,6 +10,7 @@ chip count and the model needs more, it raises `AllocationError` with the number
 from __future__ import annotations
 
 import networkx as nx
+from nvcc_pt.passes.estimate_cost import plan_duplicates
 from torch import fx
 
 from nvcc_pt import meta
@@ -45,16 +46,18 @@ def allocate(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     for name in nx.topological_sort(flow):
         stage[name] = max((stage[p] + 1 for p in flow.predecessors(name)), default=0)
 
+    copies = plan_duplicates(gm, ctx)  # {} unless ctx.duplicate asks for copies; always within capacity
     next_array = 0
     for node in ctx.nodes(gm, mapped_only=True):
         grid = node.meta[meta.TILES]
+        dup = copies.get(node.name, 1)
         first = -(-next_array // per_macro) * per_macro  # start on a fresh macro
-        last = first + grid.arrays - 1
+        last = first + grid.arrays * dup - 1
         node.meta[meta.PLACEMENT] = Placement(
-            first_array=first, arrays=grid.arrays,
+            first_array=first, arrays=grid.arrays * dup,
             chips=tuple(range(first // per_chip, last // per_chip + 1)),
             macros=tuple(range(first // per_macro, last // per_macro + 1)),
-            stage=stage[node.name],
+            stage=stage[node.name], duplicates=dup,
         )
         next_array = last + 1
 
