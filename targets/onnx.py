@@ -1,0 +1,318 @@
+"""ONNX export of a compiled plan, with CiM annotations, that stock onnxruntime runs.
+
+`export_onnx(cm, path)` runs `torch.onnx.export(dynamo=True)` on the lowered program with a
+translation for `nvcc_pt::cim_linear`. The translation traces the standard-op body of the
+op's fidelity (`onnx_functions.py`) so the exporter can type everything downstream, and
+remembers which nodes it emitted; afterwards each such group is replaced by one call of the
+model-local function `nvcc_pt.CimLinear(x, weight, bias)`. (The function is added after
+the exporter is done because its opset conversion inlines every local function.)
+
+Every call node carries the op's mapping in `metadata_props` (`ANNOTATION_KEYS`); the model
+carries the mapping report JSON and the plan schema version (`MODEL_KEYS`). Programmed
+weights are initializers; models over `EXTERNAL_DATA_THRESHOLD_BYTES` keep them in a
+`<name>.data` file beside the model. The file is written to a temporary directory beside
+the target and renamed into place, so a failure leaves nothing at the target path.
+
+    >>> cm.export_onnx("model.onnx")
+    >>> nvcc_pt.read_onnx_annotations("model.onnx")["ops"]["linear"]["cim.tiles"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from nvcc_pt.targets.onnx_functions import BODIES, DOMAIN, NAME, function_for
+from torch.export import Dim
+
+from nvcc_pt import meta
+from nvcc_pt.errors import ExportError, InputError
+from nvcc_pt.ops import parse_config
+from nvcc_pt.plan import PLAN_SCHEMA
+
+SUPPORTED_FIDELITIES = tuple(BODIES)
+"""Fidelity levels whose arithmetic the exported file reproduces."""
+EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
+"""Initializer bytes above which weights go to an external data file (protobuf stops at 2 GiB)."""
+ANNOTATION_KEYS = ("cim.op", "cim.module", "cim.tiles", "cim.crossbar", "cim.bits", "cim.device", "cim.sigma",
+                   "cim.placement", "cim.fidelity")
+MODEL_KEYS = {"report": "nvcc_pt.report", "plan_schema": "nvcc_pt.plan_schema", "fidelity": "nvcc_pt.fidelity",
+              "seed": "nvcc_pt.seed", "target": "nvcc_pt.target"}
+
+
+@dataclass
+class _Call:
+    """One translated `cim_linear`: its operands, result and the nodes the traced body emitted."""
+
+    config: dict[str, Any]
+    x: ir.Value
+    weight: ir.Value
+    bias: ir.Value | None
+    y: ir.Value
+    nodes: list[ir.Node]
+
+
+def export_onnx(cm, path: str | os.PathLike) -> Path:
+    """Write `cm`'s lowered program to `path` as ONNX; see the module docstring."""
+    path = Path(path)
+    _check_path(path)
+    if cm.fidelity not in SUPPORTED_FIDELITIES:
+        raise ExportError(f"fidelity {cm.fidelity!r} cannot be exported to ONNX yet; the exporter supports "
+                          f"{SUPPORTED_FIDELITIES}. Export cm.with_fidelity('noisy') (same seed, same programmed "
+                          "weights, ideal ADC) instead")
+    _check_programmed(cm)
+    args, dynamic, input_names, output_names = _example_inputs(cm)
+    calls: list[_Call] = []
+    model = _run_exporter(cm.graph_module, args, dynamic, input_names, output_names, calls)
+    _outline(model, calls, cm.fidelity)
+    _annotate(model, cm, calls)
+    _write(model, path)
+    return path
+
+
+# -- checks -----------------------------------------------------------------------------------
+def _check_path(path: Path) -> None:
+    if path.is_dir():
+        raise ExportError(f"{path} is a directory; give a file path such as {path / 'model.onnx'}")
+    if not path.parent.is_dir():
+        raise ExportError(f"cannot write {path}: directory {path.parent} does not exist; create it first")
+
+
+def _check_programmed(cm) -> None:
+    for name, state in cm.plan.states():
+        w = state.weight
+        if w is None or w.device.type == "meta" or tuple(w.shape) != tuple(state.source.shape):
+            shape = None if w is None else tuple(w.shape)
+            raise ExportError(f"op {name!r} has no programmed weights (weight {shape}, expected "
+                              f"{tuple(state.source.shape)}); program the plan with cm.program(seed) or load it "
+                              "from a complete plan directory")
+        if cm.fidelity != "exact" and state.scale.numel() != state.source.shape[0]:
+            raise ExportError(f"op {name!r} lacks its programmed weight scales for fidelity {cm.fidelity!r}; "
+                              "program the plan with cm.program(seed)")
+
+
+def _example_inputs(cm) -> tuple[tuple, tuple, list[str], list[str]]:
+    """Example arguments, dynamic shapes, input and output names from the capture info."""
+    info = cm.plan.capture
+    args, dynamic = [], []
+    for spec in info.inputs:
+        if spec.name == "soft_prompt":
+            args.append(cm.soft_prompt.detach().to(cm.device))
+            dynamic.append(None)  # the prompt is an input of fixed shape: swap it, do not resize it
+            continue
+        shape = tuple(5 if s is None else s for s in spec.shape)
+        dtype = getattr(torch, spec.dtype)
+        if spec.name == "input_ids":
+            t = torch.randint(0, max(info.vocab_size, 2), shape, generator=torch.Generator().manual_seed(0))
+        elif dtype.is_floating_point:
+            t = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+        else:
+            t = torch.zeros(shape, dtype=dtype)
+        args.append(t.to(cm.device))
+        names = ("batch", "seq") if spec.name == "input_ids" else ("batch",)
+        dims = {d: Dim(names[min(d, len(names) - 1)], min=1, max=65536) for d, s in enumerate(spec.shape) if s is None}
+        dynamic.append(dims or None)
+    outputs = ["logits"] if info.kind != "module" else ["output"]
+    return tuple(args), tuple(dynamic), [s.name for s in info.inputs], outputs
+
+
+# -- export -----------------------------------------------------------------------------------
+def _translation(calls: list[_Call]):
+    """The `cim_linear` translation: trace the fidelity's body and remember what it emitted."""
+    from onnxscript import opset18 as op
+
+    def cim_linear(x, weight, bias, state, config):
+        cfg = parse_config(config)
+        body = BODIES.get(cfg["fidelity"])
+        if body is None:
+            raise ExportError(f"op {cfg['op']!r} runs at fidelity {cfg['fidelity']!r}; the ONNX exporter supports "
+                              f"{SUPPORTED_FIDELITIES}")
+        b = bias if bias is not None else op.CastLike(
+            op.ConstantOfShape(op.Constant(value_ints=[weight.shape[0]])), x)
+        attrs = {} if cfg["fidelity"] == "exact" else _quant_attrs(cfg, x)
+        y = body.function(x, weight, b, **attrs)
+        calls.append(_Call(dict(cfg), x, weight, bias, y, _emitted(y, {x, weight, bias})))
+        return y
+
+    return cim_linear
+
+
+def _quant_attrs(cfg: dict[str, Any], x: ir.Value) -> dict[str, float]:
+    dtype = x.dtype.numpy() if x.dtype is not None else np.float32
+    return {"qmax": float(2 ** (cfg["input_bits"] - 1) - 1), "tiny": float(np.finfo(dtype).tiny)}
+
+
+def _emitted(y: ir.Value, stop: set) -> list[ir.Node]:
+    """The nodes between the operands `stop` and `y`: what one traced body emitted."""
+    seen: dict[int, ir.Node] = {}
+    todo = [y.producer()]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        todo.extend(v.producer() for v in node.inputs if v is not None and v not in stop)
+    return list(seen.values())
+
+
+def _run_exporter(gm, args, dynamic, input_names, output_names, calls: list[_Call]) -> ir.Model:
+    table = {torch.ops.nvcc_pt.cim_linear.default: _translation(calls)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(gm, args, dynamo=True, custom_translation_table=table, dynamic_shapes=dynamic,
+                                        input_names=input_names, output_names=output_names, optimize=False,
+                                        verbose=False, report=False)
+    except Exception as e:  # the exporter wraps everything in its own error types
+        raise _export_error(e) from e
+    return program.model
+
+
+def _export_error(e: BaseException) -> ExportError:
+    chain, cur = [], e
+    while cur is not None:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for c in chain:
+        if isinstance(c, ExportError):
+            return c
+    text = "\n".join(str(c) for c in chain)
+    missing = re.search(r"No ONNX function found for <?(?:OpOverload\()?([\w.:']+)", text)
+    if missing:
+        name = missing.group(1).strip("'")
+        return ExportError(f"the ONNX exporter cannot translate op {name!r}: it has no ONNX translation. Keep that op "
+                           "out of the compiled model, or register one with torch.onnx's custom_translation_table")
+    last = str(chain[-1]).strip().splitlines()
+    return ExportError(f"torch.onnx.export failed: {type(chain[-1]).__name__}: {(last[0] if last else '')[:400]}")
+
+
+# -- the CimLinear function and annotations -------------------------------------------------
+def _outline(model: ir.Model, calls: list[_Call], fidelity: str) -> None:
+    """Replace each traced body by one call of `nvcc_pt.CimLinear`."""
+    graph = model.graph
+    func = function_for(fidelity, model.opset_imports.get("", 18))
+    model.functions[func.identifier()] = func
+    model.opset_imports[DOMAIN] = 1
+    zeros: dict[tuple, ir.Value] = {}
+    for call in calls:
+        bias = call.bias if call.bias is not None else _zero_bias(graph, call.weight, zeros)
+        attrs = [] if fidelity == "exact" else [ir.AttrFloat32(k, v) for k, v in _quant_attrs(call.config, call.x).items()]
+        node = ir.Node(DOMAIN, NAME, [call.x, call.weight, bias], attributes=attrs, num_outputs=1,
+                       name=f"cim/{call.config['op']}")
+        out = node.outputs[0]
+        out.dtype, out.shape = call.y.dtype, call.y.shape
+        graph.insert_before(call.y.producer(), node)
+        name = call.y.name
+        call.y.replace_all_uses_with(out, replace_graph_outputs=True)
+        graph.remove(call.nodes, safe=True)
+        out.name = name
+
+
+def _zero_bias(graph: ir.Graph, weight: ir.Value, cache: dict) -> ir.Value:
+    n, dtype = weight.shape[0], weight.dtype
+    if (n, dtype) not in cache:
+        tensor = ir.tensor(np.zeros(n, dtype=dtype.numpy()), name=f"nvcc_pt.zero_bias.{n}.{dtype.name.lower()}")
+        value = ir.Value(name=tensor.name, shape=ir.Shape([n]), type=ir.TensorType(dtype), const_value=tensor)
+        graph.register_initializer(value)
+        cache[(n, dtype)] = value
+    return cache[(n, dtype)]
+
+
+def op_annotations(records: dict[str, Any], name: str, fidelity: str) -> dict[str, str]:
+    """The `cim.*` metadata of one mapped op, from its plan records."""
+    info: meta.MatmulInfo = records[meta.MATMUL]
+    grid: meta.TileGrid = records[meta.TILES]
+    prec: meta.Precision = records[meta.PRECISION]
+    noise: meta.NoiseInfo = records[meta.NOISE]
+    place: meta.Placement | None = records.get(meta.PLACEMENT)
+    return {
+        "cim.op": name,
+        "cim.module": info.module,
+        "cim.tiles": f"{grid.row_tiles}x{grid.col_tiles} ({grid.arrays} arrays, K={grid.k}, N={grid.n}, "
+                     f"S={grid.slices}, P={grid.sign_columns}, util {grid.utilization:.1%})",
+        "cim.crossbar": f"{grid.rows}x{grid.cols}",
+        "cim.bits": f"w{prec.weight_bits}/in{prec.input_bits}/cell{prec.cell_bits}/dac{prec.dac_bits}/adc{prec.adc_bits}",
+        "cim.device": noise.device,
+        "cim.sigma": f"{noise.sigma:g}",
+        "cim.placement": place.describe() if place is not None else "",
+        "cim.fidelity": fidelity,
+    }
+
+
+def _annotate(model: ir.Model, cm, calls: list[_Call]) -> None:
+    by_node = {n.name: n for n in model.graph if n.domain == DOMAIN}
+    for call in calls:
+        name = call.config["op"]
+        node = by_node[f"cim/{name}"]
+        node.metadata_props.update(op_annotations(cm.plan.records[name], name, cm.fidelity))
+    props = model.metadata_props
+    props[MODEL_KEYS["report"]] = json.dumps(cm.report.to_dict(), sort_keys=True)
+    props[MODEL_KEYS["plan_schema"]] = str(PLAN_SCHEMA)
+    props[MODEL_KEYS["fidelity"]] = cm.fidelity
+    props[MODEL_KEYS["seed"]] = str(cm.seed)
+    props[MODEL_KEYS["target"]] = cm.target.name
+    model.producer_name = "nvcc_pt"
+
+
+# -- files ------------------------------------------------------------------------------------
+def _write(model: ir.Model, path: Path) -> None:
+    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    data_name = f"{path.name}.data" if size > EXTERNAL_DATA_THRESHOLD_BYTES else None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        ir.save(model, tmp / path.name, external_data=data_name)
+        if data_name is not None:
+            os.replace(tmp / data_name, path.parent / data_name)
+        os.replace(tmp / path.name, path)
+    except BaseException as e:
+        if data_name is not None and not path.exists():
+            (path.parent / data_name).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ExportError(f"cannot write {path}: {e}") from e
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_onnx_annotations(path: str | os.PathLike) -> dict[str, Any]:
+    """The CiM annotations of an exported file: model-level fields and `ops` (op name -> `cim.*` dict).
+
+    Example:
+        >>> ann = nvcc_pt.read_onnx_annotations("model.onnx")
+        >>> ann["plan_schema"], ann["report"]["totals"]["arrays"], ann["ops"]["linear"]["cim.placement"]
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX file {path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises its own DecodeError
+        raise InputError(f"{path} is not a readable ONNX file ({type(e).__name__}: {e})") from e
+    props = {p.key: p.value for p in proto.metadata_props}
+    if MODEL_KEYS["plan_schema"] not in props:
+        raise InputError(f"{path} carries no nvcc_pt annotations; export it with cm.export_onnx()")
+    out: dict[str, Any] = {
+        "plan_schema": int(props[MODEL_KEYS["plan_schema"]]),
+        "fidelity": props.get(MODEL_KEYS["fidelity"]),
+        "seed": int(props[MODEL_KEYS["seed"]]) if MODEL_KEYS["seed"] in props else None,
+        "target": props.get(MODEL_KEYS["target"]),
+        "report": json.loads(props[MODEL_KEYS["report"]]) if MODEL_KEYS["report"] in props else None,
+        "ops": {},
+    }
+    for node in proto.graph.node:
+        if node.domain == DOMAIN:
+            ann = {p.key: p.value for p in node.metadata_props if p.key.startswith("cim.")}
+            out["ops"][ann.get("cim.op", node.name)] = ann
+    return out
