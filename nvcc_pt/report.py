@@ -43,7 +43,6 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -253,17 +252,14 @@ class MappingReport:
     __repr__ = __str__
 
     def to_html(self, path: str | Path | None = None) -> str:
-        """One self-contained HTML page with the summary and the per-op table."""
-        head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in self.COLUMNS)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows())
-        summary = html.escape(str(self).split("\n\n")[-1])
-        page = (
-            "<!doctype html><html><head><meta charset='utf-8'><title>nvcc_pt mapping report</title>"
-            "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:2px 6px;font-size:12px}</style></head><body>"
-            f"<h1>{html.escape(self._data['model'])} on {html.escape(self._data['target']['name'])}</h1>"
-            f"<pre>{summary}</pre><table><tr>{head}</tr>{body}</table></body></html>"
-        )
+        """One self-contained HTML page: summary, mapping and cost tables, and the plots as embedded PNGs.
+
+        Example:
+            >>> cm.report.to_html("map.html")
+        """
+        from nvcc_pt.report_html import render
+
+        page = render(self)
         if path is not None:
-            Path(path).write_text(page)
+            Path(path).write_text(page, encoding="utf-8")
         return page
