@@ -27,9 +27,17 @@ from nvcc_pt.targets import DeviceModel, TargetSpec, get_target, list_targets, r
 
 __version__ = "0.1.0"
 
+
+def read_onnx_annotations(path):
+    """The CiM annotations of a file written by `cm.export_onnx` (see `nvcc_pt.targets.onnx`)."""
+    from nvcc_pt.targets.onnx import read_onnx_annotations as read  # onnx libraries load on first use
+
+    return read(path)
+
+
 __all__ = [
     "FIDELITIES", "AllocationError", "CaptureError", "CompiledModel", "DeviceError", "DeviceModel", "ExportError",
     "FidelityError", "InputError", "MappingPolicy", "MappingReport", "NvccPtError", "PassError", "PlanFormatError",
-    "TargetError", "TargetSpec", "UnsupportedOpError", "compile", "get_target", "list_targets", "load",
+    "TargetError", "TargetSpec", "UnsupportedOpError", "compile", "get_target", "list_targets", "load", "read_onnx_annotations",
     "register_target",
 ]

@@ -139,6 +139,16 @@ class CompiledModel:
             save_file(tensors, str(path / "tensors.safetensors"))
         return path
 
+    def export_onnx(self, path: str | Path) -> Path:
+        """Write the plan as ONNX with CiM annotations (`nvcc_pt.CimLinear` calls); onnxruntime runs it.
+
+        Example:
+            >>> cm.export_onnx("model.onnx"); nvcc_pt.read_onnx_annotations("model.onnx")["ops"]
+        """
+        from nvcc_pt.targets.onnx import export_onnx
+
+        return export_onnx(self, path)
+
     def __repr__(self) -> str:
         t = self.report.totals
         return (f"CompiledModel({self.plan.capture.model_class} on {self.target.name}, fidelity={self.fidelity!r}, "
