@@ -13,7 +13,7 @@ import sys
 from nvcc_pt.errors import NvccPtError
 
 # Modules that add subcommands of their own, imported when the parser is built.
-SUBCOMMAND_MODULES: list[str] = []
+SUBCOMMAND_MODULES: list[str] = ["nvcc_pt.cli_onnx"]
 
 
 def _targets(args) -> int:
