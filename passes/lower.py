@@ -37,6 +37,9 @@ def op_config(node: fx.Node, fidelity: str, target) -> dict:
         "op": node.name, "fidelity": fidelity, "weight_bits": p.weight_bits, "input_bits": p.input_bits,
         "cell_bits": p.cell_bits, "dac_bits": p.dac_bits, "adc_bits": p.adc_bits, "sign": target.sign,
         "rows": grid.rows, "cols": grid.cols, "slices": grid.slices, "adc_range": target.adc_range,
+        # Read noise is drawn per call, so the op needs its sigma; how signed inputs meet a unipolar DAC.
+        "read_sigma": node.meta[meta.NOISE].read_sigma,
+        "input_encoding": dict(target.extra).get("input_encoding", "two-phase"),
     }
 
 

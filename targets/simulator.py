@@ -1,82 +1,72 @@
 """The simulator target: programs crossbar state and runs `nvcc_pt::cim_linear`.
 
-Numerics (DESIGN.md): weights are quantized symmetrically per output channel, split by
-sign (differential: two columns; offset: `Wq + 2^(b-1)`), sliced into `cell_bits` cells,
-programmed as levels with seeded device variation, and read back. Levels are kept in
-units of one conductance step (`G = Gmin + l/(L-1)(Gmax-Gmin)`, measured relative to
-Gmin), so variation given as a fraction of the conductance range is `sigma * (L-1)`
-level steps.
+Numerics (DESIGN.md): weights are quantized symmetrically per output channel, split by sign
+(differential: two columns; offset: `Wq + 2^(b-1)`), sliced into `cell_bits` cells and
+programmed as levels with seeded device variation (`targets/devices.py`). Inputs are
+quantized per token to signed integers.
 
-Fidelity levels implemented here:
-  exact      y = x W^T + b, the model's own numbers;
-  quantized  quantized inputs times quantized weights;
-  noisy      as quantized, with the weights read back from programmed (noisy) cells:
-             exactly one dense product with the programmed effective weights.
+Fidelity levels:
+  exact       y = x W^T + b, the model's own numbers;
+  quantized   quantized inputs times quantized weights;
+  noisy       as quantized, with weights read back from the programmed cells (plus read noise
+              per call): one dense product with the programmed effective weights;
+  adc         every array column's partial sum for the whole (bipolar, one-cycle) input goes
+              through an ADC, then digital shift-and-add over slices and row tiles;
+  bit-serial  as adc, with inputs applied `dac_bits` per cycle (unipolar DAC, signed inputs in
+              two phases or as two's complement, `input_encoding`), one ADC read per cycle.
+
+The crossbar paths keep the programmed levels as `state.levels` `[R, rows, S*N]`: row tile,
+row within the tile, and one ADC column per (slice, output). A differential pair is sensed
+as one current (the analog subtraction), so its column holds `L+ - L-`. One batched matmul
+over row tiles gives every partial sum of every tile, column and input cycle at once (the
+cycles ride along as extra batch rows); partial sums of integer levels times integer digits
+are exact in float32 (< 2^24), so the ADC works on integer-valued sums and everything is
+rescaled once at the end. Column tiling does not change the numbers (each column has its own
+ADC), so it is not materialized. Work is chunked over batch rows to bound memory.
+
+ADC: `adc_bits` codes over `[lo, hi]`. Full scale is the largest partial sum a row tile can
+produce (`[0, FS]` for unipolar digits on offset columns, `[-FS, FS]` otherwise), with a
+power-of-two step so integer sums stay exact once the ADC has enough bits. `cm.calibrate`
+replaces it per op by the observed `[min, max]` of the partial sums (`state.adc_range`).
 """
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
+from nvcc_pt.targets.devices import (
+    digit_max,
+    input_planes,
+    magnitudes,
+    program_levels,
+    quantize_input_int,
+    quantize_weight,
+    read_back,
+    read_sigma_levels,
+    slice_levels,
+    slice_places,
+    target_levels,
+)
 
-from nvcc_pt.errors import FidelityError
+from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
-from nvcc_pt.ops import CimState, parse_config
+from nvcc_pt.ops import FIDELITIES, CimState, parse_config
 
-IMPLEMENTED = ("exact", "quantized", "noisy")
+IMPLEMENTED = FIDELITIES
+CROSSBAR = ("adc", "bit-serial")
+CHUNK_BYTES = 256 * 2**20
+"""Memory budget for one chunk's partial sums (bytes); the batch is processed in chunks under it."""
 
-
-def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel quantization: integer-valued `wq` in [-(2^(b-1)-1), 2^(b-1)-1] and `scale` [N]."""
-    qmax = 2 ** (bits - 1) - 1
-    scale = w.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / qmax
-    wq = torch.round(w / scale[:, None]).clamp_(-qmax, qmax)
-    return wq, scale
+_calibration: dict[str, list[float]] | None = None
 
 
 def quantize_input(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-token (last-dim row) quantization of activations, returned dequantized."""
-    qmax = 2 ** (bits - 1) - 1
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny) / qmax
-    return torch.round(x / scale).clamp_(-qmax, qmax) * scale
-
-
-def magnitudes(wq: torch.Tensor, sign: str, weight_bits: int) -> torch.Tensor:
-    """The unsigned values stored per sign column: `[P, N, K]`."""
-    if sign == "differential":
-        return torch.stack([wq.clamp(min=0), (-wq).clamp(min=0)])
-    return (wq + 2 ** (weight_bits - 1)).unsqueeze(0)
-
-
-def slice_levels(mag: torch.Tensor, cell_bits: int, slices: int) -> torch.Tensor:
-    """Split unsigned integer values into `slices` cell levels, least significant first: `[S, ...]`."""
-    base = 2**cell_bits
-    weights = base ** torch.arange(slices, device=mag.device, dtype=mag.dtype)
-    shape = (slices,) + (1,) * mag.dim()
-    return torch.floor_divide(mag.unsqueeze(0), weights.view(shape)) % base
-
-
-def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, generator: torch.Generator) -> torch.Tensor:
-    """Levels as the cells hold them after programming: variation per level, stuck-at faults."""
-    top = 2**cell_bits - 1
-    sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32) * top  # in level steps
-    z = torch.randn(levels.shape, generator=generator, dtype=torch.float32)
-    programmed = levels.cpu() + sigmas[levels.cpu().long()] * z
-    if noise.stuck_at_gmin or noise.stuck_at_gmax:
-        u = torch.rand(levels.shape, generator=generator)
-        programmed = torch.where(u < noise.stuck_at_gmin, torch.zeros(()), programmed)
-        programmed = torch.where(u > 1 - noise.stuck_at_gmax, torch.full((), float(top)), programmed)
-    return programmed.to(levels.device)
-
-
-def read_back(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
-    """Integer-domain weights `[N, K]` from programmed levels `[P, S, N, K]` (shift-and-add, sign correction)."""
-    base = 2 ** cfg["cell_bits"]
-    place = base ** torch.arange(programmed.shape[1], device=programmed.device, dtype=programmed.dtype)
-    mag = torch.einsum("psnk,s->pnk", programmed, place)
-    if cfg["sign"] == "differential":
-        return mag[0] - mag[1]
-    return mag[0] - 2 ** (cfg["weight_bits"] - 1)
+    xi, scale = quantize_input_int(x, bits)
+    return xi * scale
 
 
 def op_generator(seed: int, op_index: int) -> torch.Generator:
@@ -84,25 +74,124 @@ def op_generator(seed: int, op_index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + op_index) % (2**63))
 
 
-def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, op_index: int) -> None:
-    """Fill `state`'s buffers for `fidelity`, drawing device variation from `seed`."""
+def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """`[P, S, N, K]` programmed levels -> the `[R, rows, S*N]` layout the crossbar paths multiply by."""
+    cols = programmed[0] - programmed[1] if cfg["sign"] == "differential" else programmed[0]
+    s, n, k = cols.shape
+    rows = cfg["rows"]
+    tiles = math.ceil(k / rows)
+    kns = F.pad(cols.permute(2, 0, 1).reshape(k, s * n), (0, 0, 0, tiles * rows - k))
+    return kns.reshape(tiles, rows, s * n).contiguous()
+
+
+def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, op_index: int,
+                  time_s: float | None = None, device_model=None) -> None:
+    """Fill `state`'s buffers for `fidelity`, drawing device variation from `seed`.
+
+    `time_s` is the time since programming (drift, for devices that drift); `device_model` the target's
+    `DeviceModel`, for `G_min` and the drift reference time.
+    """
     if fidelity not in IMPLEMENTED:
         raise FidelityError(f"fidelity {fidelity!r} is not implemented by the simulator; choose one of {IMPLEMENTED}")
     cfg = dict(state.config, fidelity=fidelity)
     state.config = cfg
     source = state.source
+    state.levels = source.new_empty(0, dtype=torch.float32)
     if fidelity == "exact" or source.device.type == "meta":
         state.weight = source
         return
-    w = source.float()
-    wq, scale = quantize_weight(w, cfg["weight_bits"])
+    levels, scale = target_levels(source, cfg)
     state.scale = scale
     if fidelity == "quantized":
-        state.weight = (wq * scale[:, None]).to(source.dtype)
+        state.weight = (read_back(levels, cfg) * scale[:, None]).to(source.dtype)
         return
-    levels = slice_levels(magnitudes(wq, cfg["sign"], cfg["weight_bits"]), cfg["cell_bits"], cfg["slices"])
-    programmed = program_levels(levels.transpose(0, 1), noise, cfg["cell_bits"], op_generator(seed, op_index))
+    g_min, t0 = 0.0, 20.0
+    if device_model is not None:
+        span = device_model.g_max_us - device_model.g_min_us
+        g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
+    programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index), time_s, g_min, t0)
     state.weight = (read_back(programmed, cfg) * scale[:, None]).to(source.dtype)
+    if fidelity in CROSSBAR:
+        state.levels = crossbar_levels(programmed, cfg)
+
+
+@contextmanager
+def recording_ranges():
+    """Within the block, crossbar paths record each op's partial-sum range: yields {op: [min, max]}."""
+    global _calibration
+    previous, _calibration = _calibration, {}
+    try:
+        yield _calibration
+    finally:
+        _calibration = previous
+
+
+def _check_finite(scale: torch.Tensor, cfg: dict) -> None:
+    if not bool(torch.isfinite(scale).all()):
+        raise InputError(f"op {cfg['op']!r} received NaN or infinite inputs; check the model's inputs and the "
+                         "activations feeding this op (run at fidelity 'exact' to see where they arise)")
+
+
+def _adc_grid(cfg: dict, adc_range: torch.Tensor, bit_serial: bool) -> tuple[float, float]:
+    """(lo, step) of the ADC of one op."""
+    codes = 2 ** cfg["adc_bits"] - 1
+    if adc_range.numel() == 2:
+        lo, hi = adc_range.tolist()
+        return lo, max(hi - lo, 1e-12) / codes
+    dmax, bipolar = digit_max(cfg, bit_serial)
+    full = cfg["rows"] * (2 ** cfg["cell_bits"] - 1) * dmax
+    lo = -full if bipolar or cfg["sign"] == "differential" else 0.0
+    return lo, 2.0 ** math.ceil(math.log2((full - lo) / codes))
+
+
+def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_range: torch.Tensor,
+              cfg: dict, bit_serial: bool) -> torch.Tensor:
+    """Integer-domain crossbar product of `x` [B, K] -> [B, N] through DAC, arrays, ADCs and shift-and-add."""
+    tiles, rows, sn = levels.shape
+    slices = cfg["slices"]
+    n = sn // slices
+    xi, sx = quantize_input_int(x, cfg["input_bits"])
+    _check_finite(sx, cfg)
+    read = cfg.get("read_sigma", 0.0) * (2 ** cfg["cell_bits"] - 1)
+    if read > 0:  # fresh read noise per call; a differential pair reads two independent cells
+        factor = math.sqrt(2) if cfg["sign"] == "differential" else 1.0
+        levels = levels + torch.randn_like(levels) * (read * factor)
+    lo, step = _adc_grid(cfg, adc_range, bit_serial)
+    codes_max = float(2 ** cfg["adc_bits"] - 1)
+    place_s = slice_places(cfg["cell_bits"], slices, x.device)
+    batch, k = xi.shape
+    cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
+    chunk = max(1, CHUNK_BYTES // (4 * tiles * cycles * (sn + rows)))
+    offset = torch.full((1, 1, 1), -lo / step, device=x.device, dtype=levels.dtype)
+    out = []
+    for start in range(0, batch, chunk):
+        planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
+        b = planes.shape[1]
+        xt = F.pad(planes, (0, tiles * rows - k)).reshape(cycles * b, tiles, rows).transpose(0, 1)
+        # ADC input in units of one code: (partial sum - lo) / step, fused into the matmul.
+        codes = torch.baddbmm(offset, xt, levels, alpha=1.0 / step)
+        if _calibration is not None:
+            seen = _calibration.setdefault(cfg["op"], [math.inf, -math.inf])
+            seen[0] = min(seen[0], codes.min().item() * step + lo)
+            seen[1] = max(seen[1], codes.max().item() * step + lo)
+        codes = codes.round_().clamp_(0, codes_max).sum(0).view(cycles, b, slices, n)
+        acc = torch.einsum("tbsn,t,s->bn", codes, place_t, place_s)
+        out.append(acc * step + lo * tiles * place_t.sum() * place_s.sum())
+    y = torch.cat(out) if len(out) > 1 else out[0]
+    if cfg["sign"] == "offset":  # the reference column, in digital
+        y = y - 2 ** (cfg["weight_bits"] - 1) * xi.sum(-1, keepdim=True)
+    return y * sx * scale
+
+
+def _read_noise_weight(weight: torch.Tensor, scale: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """The effective weight with one call's read noise: the per-cell noise summed through shift-and-add."""
+    read = cfg.get("read_sigma", 0.0) * (2 ** cfg["cell_bits"] - 1)
+    if read <= 0:
+        return weight
+    places = slice_places(cfg["cell_bits"], cfg["slices"])
+    cells = (2 if cfg["sign"] == "differential" else 1) * float((places**2).sum())
+    noise = torch.randn(weight.shape, device=weight.device, dtype=torch.float32) * (read * math.sqrt(cells))
+    return weight + (noise * scale[:, None]).to(weight.dtype)
 
 
 def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: list[torch.Tensor],
@@ -110,10 +199,27 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     cfg = parse_config(config)
     fidelity = cfg["fidelity"]
     if fidelity == "exact":
+        if not bool(torch.isfinite(x).all()):
+            _check_finite(x.new_full((1,), math.nan), cfg)
         return F.linear(x, weight, bias)
+    scale, levels, adc_range = state
     if fidelity in ("quantized", "noisy"):
-        return F.linear(quantize_input(x, cfg["input_bits"]), weight, bias)
+        xi, sx = quantize_input_int(x, cfg["input_bits"])
+        _check_finite(sx, cfg)
+        w = _read_noise_weight(weight, scale, cfg) if fidelity == "noisy" else weight
+        return F.linear(xi * sx, w, bias)
+    if fidelity in CROSSBAR:
+        if levels.numel() == 0:
+            raise FidelityError(f"op {cfg['op']!r} runs at fidelity {fidelity!r} but holds no programmed levels; "
+                                "call cm.program() or cm.with_fidelity(...) to program it")
+        flat = x.reshape(-1, x.shape[-1]).float()
+        y = _crossbar(flat, levels, scale, adc_range, cfg, fidelity == "bit-serial")
+        y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
+        return y + bias if bias is not None else y
     raise FidelityError(f"op {cfg['op']!r}: fidelity {fidelity!r} is not implemented; choose one of {IMPLEMENTED}")
 
 
 torch.library.impl("nvcc_pt::cim_linear", "CompositeExplicitAutograd")(cim_linear)
+
+__all__ = ["cim_linear", "magnitudes", "program_levels", "program_state", "quantize_input", "quantize_weight",
+           "read_back", "read_sigma_levels", "recording_ranges", "slice_levels"]

@@ -1,0 +1,141 @@
+"""From float weights to programmed cell levels, and from float inputs to DAC digits.
+
+Everything here works in integer-valued units: weights and inputs as the integers their
+quantizers produce, conductances in level steps above `G_min` (a cell at level `l` holds
+`G = G_min + l/(L-1) (G_max - G_min)`). Device variation given as a fraction of the
+conductance range is therefore `sigma * (L-1)` level steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nvcc_pt.meta import NoiseInfo
+
+TINY = torch.finfo(torch.float32).tiny
+
+# Drift exponents vary from device to device (Joshi et al., Nat. Commun. 11:2473, 2020, model nu as a
+# per-device Gaussian); their spread relative to the mean is an illustrative choice here, tune per device.
+DRIFT_NU_REL_STD = 0.4
+
+
+def quantize_weight(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel quantization: integer-valued `wq` in [-(2^(b-1)-1), 2^(b-1)-1] and `scale` [N]."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = w.abs().amax(dim=1).clamp_min(TINY) / qmax
+    wq = torch.round(w / scale[:, None]).clamp_(-qmax, qmax)
+    return wq, scale
+
+
+def quantize_input_int(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-token quantization: integer-valued `xi` (same shape) and the per-row `scale` [..., 1].
+
+    A NaN or infinite entry makes its row's scale non-finite, which is how callers detect bad inputs cheaply.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(TINY) / qmax
+    return torch.round(x / scale).clamp_(-qmax, qmax), scale
+
+
+def magnitudes(wq: torch.Tensor, sign: str, weight_bits: int) -> torch.Tensor:
+    """The unsigned values stored per sign column: `[P, N, K]` (differential: W+, W-; offset: Wq + 2^(b-1))."""
+    if sign == "differential":
+        return torch.stack([wq.clamp(min=0), (-wq).clamp(min=0)])
+    return (wq + 2 ** (weight_bits - 1)).unsqueeze(0)
+
+
+def slice_levels(mag: torch.Tensor, cell_bits: int, slices: int) -> torch.Tensor:
+    """Split unsigned integer values into `slices` cell levels, least significant first: `[S, ...]`."""
+    base = 2**cell_bits
+    weights = base ** torch.arange(slices, device=mag.device, dtype=mag.dtype)
+    shape = (slices,) + (1,) * mag.dim()
+    return torch.floor_divide(mag.unsqueeze(0), weights.view(shape)) % base
+
+
+def slice_places(cell_bits: int, slices: int, device=None) -> torch.Tensor:
+    """Place value of each slice in the digital shift-and-add: `2^(c s)`."""
+    return (2.0**cell_bits) ** torch.arange(slices, device=device, dtype=torch.float32)
+
+
+def target_levels(source: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ideal cell levels `[P, S, N, K]` of a weight `[N, K]`, and its per-channel scale `[N]`."""
+    wq, scale = quantize_weight(source.float(), cfg["weight_bits"])
+    levels = slice_levels(magnitudes(wq, cfg["sign"], cfg["weight_bits"]), cfg["cell_bits"], cfg["slices"])
+    return levels.transpose(0, 1).contiguous(), scale
+
+
+def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, generator: torch.Generator,
+                   time_s: float | None = None, g_min_levels: float = 0.0, drift_t0_s: float = 20.0) -> torch.Tensor:
+    """Levels as the cells hold them `time_s` seconds after programming.
+
+    Programming variation is Gaussian with a state-dependent sigma (`noise.level_sigmas`, a fraction of the
+    conductance range). Drift (PCM) scales each cell's conductance by `(t/t0)^-nu` with a per-cell `nu`
+    (`g_min_levels` is `G_min` in level steps, since drift acts on the whole conductance). Stuck-at faults
+    are applied last: a stuck cell neither varies nor drifts. Draws are made on the CPU in a fixed order
+    (variation, drift, faults), so a seed gives the same cells on every device.
+    """
+    top = 2**cell_bits - 1
+    cpu = levels.detach().cpu().float()
+    sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32) * top
+    z = torch.randn(cpu.shape, generator=generator, dtype=torch.float32)
+    programmed = cpu + sigmas[cpu.long()] * z
+    if noise.drift_nu > 0 and time_s is not None and time_s > drift_t0_s:
+        nu = noise.drift_nu * (1 + DRIFT_NU_REL_STD * torch.randn(cpu.shape, generator=generator)).clamp_(min=0)
+        programmed = (programmed + g_min_levels) * (time_s / drift_t0_s) ** (-nu) - g_min_levels
+    if noise.stuck_at_gmin or noise.stuck_at_gmax:
+        u = torch.rand(cpu.shape, generator=generator)
+        programmed = torch.where(u < noise.stuck_at_gmin, torch.zeros(()), programmed)
+        programmed = torch.where(u > 1 - noise.stuck_at_gmax, torch.full((), float(top)), programmed)
+    return programmed.to(levels.device)
+
+
+def read_back(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Integer-domain weights `[N, K]` from programmed levels `[P, S, N, K]` (shift-and-add, sign correction)."""
+    place = slice_places(cfg["cell_bits"], programmed.shape[1], programmed.device)
+    mag = torch.einsum("psnk,s->pnk", programmed, place)
+    if cfg["sign"] == "differential":
+        return mag[0] - mag[1]
+    return mag[0] - 2 ** (cfg["weight_bits"] - 1)
+
+
+def read_sigma_levels(noise: NoiseInfo, cfg: dict) -> float:
+    """Read noise of one cell in level steps."""
+    return noise.read_sigma * (2 ** cfg["cell_bits"] - 1)
+
+
+def input_planes(xi: torch.Tensor, cfg: dict, bit_serial: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the DAC applies, one plane per input cycle: `[T, ..., K]`, and each cycle's digital place value `[T]`.
+
+    Without bit-serial inputs (`adc` fidelity, or `dac_bits >= input_bits`) a bipolar DAC applies the signed
+    integer in one cycle. Otherwise the DAC is unipolar and applies `dac_bits` per cycle:
+    `two-phase` (default) drives the positive and the negative entries in two phases of
+    `ceil((input_bits-1)/dac_bits)` cycles each, subtracted digitally; `twos-complement` drives the
+    magnitude bits of the two's-complement code and then the sign bit, weighted `-2^(b-1)` digitally.
+    """
+    bits, dac = cfg["input_bits"], cfg["dac_bits"]
+    if not bit_serial or dac >= bits:
+        return xi.unsqueeze(0), torch.ones(1, device=xi.device)
+    cycles = math.ceil((bits - 1) / dac)
+    base = 2**dac
+    shifts = (2.0**dac) ** torch.arange(cycles, device=xi.device, dtype=torch.float32)
+    view = (cycles,) + (1,) * xi.dim()
+    if cfg.get("input_encoding", "two-phase") == "twos-complement":
+        neg = xi < 0
+        code = torch.where(neg, xi + 2 ** (bits - 1), xi)  # the low b-1 bits of the two's-complement code
+        digits = torch.floor_divide(code.unsqueeze(0), shifts.view(view)) % base
+        planes = torch.cat([digits, neg.to(xi.dtype).unsqueeze(0)])
+        return planes, torch.cat([shifts, shifts.new_full((1,), -(2.0 ** (bits - 1)))])
+    mag = xi.abs()
+    digits = torch.floor_divide(mag.unsqueeze(0), shifts.view(view)) % base
+    pos = (xi > 0).to(xi.dtype)
+    return torch.cat([digits * pos, digits * (1 - pos)]), torch.cat([shifts, -shifts])
+
+
+def digit_max(cfg: dict, bit_serial: bool) -> tuple[float, bool]:
+    """Largest input digit the DAC applies, and whether digits can be negative (bipolar DAC)."""
+    bits, dac = cfg["input_bits"], cfg["dac_bits"]
+    if not bit_serial or dac >= bits:
+        return float(2 ** (bits - 1) - 1), True
+    return float(2**dac - 1), False
