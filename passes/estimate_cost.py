@@ -9,9 +9,9 @@ input cycles (DESIGN.md, Numerics 5-8), from the target's `ComponentCosts`:
 - shift-and-adds   = ADC conversions                    x shift-and-add energy
 - input buffer     = K * ceil(input_bits/8) bytes; output buffer = N outputs + partial sums of the
   row tiles (4 bytes each); interconnect = the input to each macro + partial sums + outputs.
-- latency of one copy = c * cycle + accumulation (log2 of the row tiles, digital clock) + transfer
-  over the macro's link; `cycle` is the slower of the array read clock and the ADCs converting
-  every column.
+- latency of one copy = max(c * cycle, transfer over the macros' links) + accumulation (log2 of
+  the row tiles, digital clock); `cycle` is the slower of the array read clock and the ADCs
+  converting every column; transfers overlap compute as a pipeline stage of their own.
 - area = the op's arrays with their DACs and ADCs, plus the periphery of the macros it occupies.
 - programming energy = every used cell written once (static weights: once per deployment;
   mapped dynamic products: every token).
@@ -67,8 +67,12 @@ def op_latency_ns(grid: meta.TileGrid, prec: meta.Precision, target) -> float:
     s = scaled(costs, target, prec.adc_bits, prec.dac_bits)
     counts = op_counts(grid, prec, _macros(grid.arrays, target.arrays_per_macro))
     accumulate = (math.ceil(math.log2(grid.row_tiles)) + 1) * 1000.0 / costs.digital_clock_mhz
-    transfer = counts["interconnect_bytes"] / costs.interconnect_bandwidth_gb_s if costs.interconnect_bandwidth_gb_s else 0.0
-    return counts["input_cycles"] * s.cycle_ns + accumulate + transfer
+    macros = _macros(grid.arrays, target.arrays_per_macro)
+    bandwidth = (costs.interconnect_bandwidth_gb_s or math.inf) * macros  # each macro has its own link
+    transfer = counts["interconnect_bytes"] / bandwidth
+    # Data movement is a pipeline stage of its own (ISAAC Fig. 4b: eDRAM read, crossbar, ADC, shift-and-add),
+    # so it overlaps the input cycles; only the slower of the two sets the op's time.
+    return max(counts["input_cycles"] * s.cycle_ns, transfer) + accumulate
 
 
 def mapped_cost(node: fx.Node, target, duplicates: int = 1) -> CostInfo:
