@@ -244,6 +244,12 @@ class MappingReport:
             f"params: {totals['mapped_params']:,} on crossbars + {totals['digital_params']:,} digital = "
             f"{totals['model_params']:,}; {totals['mapped_macs_fraction']:.1%} of per-token weight MACs on crossbars",
         ]
+        if totals.get("energy_ratio") is not None:
+            out.append(
+                f"cost per token: {totals['energy_pj'] / 1e3:,.1f} nJ ({totals['cim_energy_pj'] / 1e3:,.1f} nJ on crossbars), "
+                f"area {totals['area_mm2']:.3g} mm2; pipeline {totals['pipeline_latency_ns']:,.0f} ns, bottleneck "
+                f"{totals['bottleneck']}; mapped ops vs {totals['baseline']}: {totals['energy_ratio']:.3g}x less energy, "
+                f"{totals['speedup']:.3g}x the speed")
         for tie in self._data["params"]["tied"]:
             out.append(f"tied weight {tie['param']} (also {', '.join(tie['aliases'])}): counted once as "
                        f"{tie['counted_as']}, used by {', '.join(tie['used_by'])}")
