@@ -1,0 +1,140 @@
+"""Physics sanity of the simulator, and how it refuses bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import nvcc_pt
+
+K, N, B = 37, 45, 6
+
+
+def _linear_model() -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(K, N), torch.nn.ReLU(), torch.nn.Linear(N, 29))
+    return model, torch.randn(B, K, generator=torch.Generator().manual_seed(1))
+
+
+def _spec(name="reram-128x128", **changes):
+    return nvcc_pt.get_target(name).replace(rows=16, cols=24, **changes)
+
+
+def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y - ref).norm() / ref.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    config = LlamaConfig(vocab_size=101, hidden_size=36, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def _ids(seed: int) -> torch.Tensor:
+    return torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(seed))
+
+
+def test_error_grows_with_sigma():
+    model, x = _linear_model()
+    ref = model(x).detach()
+    errors = []
+    for sigma in (0.01, 0.04, 0.1):
+        cm = nvcc_pt.compile(model, target=_spec("rram1-128x128", sigma=sigma), example_inputs=(x,))
+        errors.append(sum(_rel(cm.program(s)(x), ref) for s in range(3)) / 3)
+    assert errors[0] < errors[1] < errors[2]
+
+
+def test_more_adc_bits_lower_error():
+    model, x = _linear_model()
+    cm = nvcc_pt.compile(model, target=_spec(sigma=0.0), example_inputs=(x,), fidelity="quantized")
+    ref = cm(x)
+    errors = [_rel(nvcc_pt.compile(model, target=_spec(sigma=0.0, adc_bits=bits), example_inputs=(x,),
+                                   fidelity="bit-serial")(x), ref) for bits in (2, 3, 4, 6)]
+    assert errors[0] > errors[1] > errors[2] > errors[3]
+
+
+def test_calibrated_adc_range_beats_full_scale(llama):
+    spec = nvcc_pt.get_target("reram-128x128").replace(sigma=0.0, adc_bits=6)
+    cm = nvcc_pt.compile(llama, target=spec, fidelity="adc")
+    ids = _ids(0)
+    ref = llama(ids).logits.detach()
+    full = _rel(cm(ids), ref)
+    cm.calibrate([_ids(1), _ids(2)])
+    states = cm.plan.states()
+    assert all(s.adc_range.numel() == 2 for _, s in states)
+    calibrated = _rel(cm(ids), ref)
+    assert calibrated < 0.5 * full
+    carried = cm.with_fidelity("bit-serial")  # a calibration survives a change of fidelity
+    assert all(s.adc_range.numel() == 2 for _, s in carried.plan.states())
+
+
+def test_drift_lowers_pcm_accuracy_over_time(llama):
+    cm = nvcc_pt.compile(llama, target=nvcc_pt.get_target("pcm-256x256").replace(read_sigma=0.0), fidelity="noisy")
+    ids = _ids(0)
+    ref = llama(ids).logits.detach()
+    errors, agree = [], []
+    for t in (20.0, 1e4, 1e8):
+        out = cm.program(0, time_s=t)(ids)
+        errors.append(_rel(out, ref))
+        agree.append((out.argmax(-1) == ref.argmax(-1)).float().mean().item())
+    assert errors[0] < errors[1] < errors[2]
+    assert agree[2] < agree[0]
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+def test_calibrate_with_inputs_of_the_wrong_shape():
+    model, x = _linear_model()
+    cm = nvcc_pt.compile(model, target=_spec(), example_inputs=(x,), fidelity="adc")
+    with pytest.raises(nvcc_pt.InputError, match="shape"):
+        cm.calibrate([torch.randn(B, K + 1)])
+    with pytest.raises(nvcc_pt.InputError, match="no batches"):
+        cm.calibrate([])
+
+
+def test_calibrate_needs_a_crossbar_fidelity():
+    model, x = _linear_model()
+    cm = nvcc_pt.compile(model, target=_spec(), example_inputs=(x,), fidelity="noisy")
+    with pytest.raises(nvcc_pt.FidelityError, match="with_fidelity"):
+        cm.calibrate([x])
+
+
+def test_unknown_fidelity():
+    model, x = _linear_model()
+    with pytest.raises(nvcc_pt.FidelityError, match="bit-serial"):
+        nvcc_pt.compile(model, target=_spec(), example_inputs=(x,), fidelity="analog")
+    cm = nvcc_pt.compile(model, target=_spec(), example_inputs=(x,))
+    with pytest.raises(nvcc_pt.FidelityError, match="unknown fidelity 'bitserial'"):
+        cm.with_fidelity("bitserial")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where there is no CUDA")
+def test_cuda_where_there_is_none():
+    model, x = _linear_model()
+    cm = nvcc_pt.compile(model, target=_spec(), example_inputs=(x,))
+    with pytest.raises(nvcc_pt.DeviceError, match="CUDA"):
+        cm.to("cuda")
+
+
+@pytest.mark.parametrize("fidelity", nvcc_pt.FIDELITIES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_name_the_op(fidelity, bad):
+    model, x = _linear_model()
+    cm = nvcc_pt.compile(model, target=_spec(), example_inputs=(x,), fidelity=fidelity)
+    x = x.clone()
+    x[2, 5] = bad
+    with pytest.raises(nvcc_pt.InputError, match=r"op 'linear' received NaN or infinite"):
+        cm(x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fidelity", ["noisy", "adc", "bit-serial"])
+def test_cuda_runs_the_same_numbers(fidelity):
+    model, x = _linear_model()
+    cm = nvcc_pt.compile(model, target=_spec(sigma=0.05), example_inputs=(x,), fidelity=fidelity)
+    cpu = cm(x)
+    gpu = cm.to("cuda")(x.cuda()).cpu()
+    assert (gpu - cpu).abs().max().item() <= 1e-4 * cpu.abs().max().item()
