@@ -162,14 +162,8 @@ class CompiledModel:
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the plan directory (plan.json, tensors.safetensors, program.pt2)."""
-        self.plan.results["soft_prompt"] = "tensors" if self.soft_prompt is not None else ""
-        path = save_plan(self.plan, path)
-        if self.soft_prompt is not None:
-            from safetensors.torch import load_file, save_file
-
-            tensors = load_file(str(path / "tensors.safetensors"))
-            tensors["__soft_prompt__"] = self.soft_prompt.detach().cpu().contiguous()
-            save_file(tensors, str(path / "tensors.safetensors"))
+        extra = {"__soft_prompt__": self.soft_prompt.detach().cpu().contiguous()} if self.soft_prompt is not None else {}
+        path = save_plan(self.plan, path, report=self.report.to_dict(), extra_tensors=extra)
         return path
 
     def export_onnx(self, path: str | Path) -> Path:
@@ -280,8 +274,10 @@ def load(path: str | Path) -> CompiledModel:
         raise PlanFormatError(f"{Path(path) / 'plan.json'} is malformed ({type(e).__name__}: {e}); save the plan again") from e
     plan = _relower(exported, records, spec, fidelity, seed, info, doc.get("results", {}))
     _restore_states(plan, tensors, path)
-    ctx = PassContext(target=spec, results=dict(doc.get("results", {})))
-    report = build_report(plan.graph_module, ctx, model=info.model_class, fidelity=fidelity, seed=seed)
+    # The saved report, not a recount: a reloaded program no longer shares tied weights.
+    report = MappingReport(doc["report"]) if "report" in doc else build_report(
+        plan.graph_module, PassContext(target=spec, results=dict(doc.get("results", {}))),
+        model=info.model_class, fidelity=fidelity, seed=seed)
     prompt = tensors.get("__soft_prompt__")
     return CompiledModel(plan, report, prompt)
 

@@ -181,7 +181,7 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, *, soft_promp
     if len(tensors) != len(example_inputs):
         raise InputError(f"example_inputs of {name} must all be tensors, got {[type(a).__name__ for a in example_inputs]}")
     batch = Dim("batch", min=1, max=65536)
-    dynamic = ([{0: batch} if t.dim() > 0 else None for t in tensors],)
+    dynamic = (tuple({0: batch} if t.dim() > 0 else None for t in tensors),)
     try:
         ep = _export(wrapper, example_inputs, dynamic, name)
         dyn0 = True

@@ -79,7 +79,8 @@ def attach_records(gm: fx.GraphModule, records: dict[str, dict[str, Any]]) -> No
         by_name[name].meta.update(recs)
 
 
-def save_plan(plan: ExecutablePlan, path: str | Path) -> Path:
+def save_plan(plan: ExecutablePlan, path: str | Path, report: dict[str, Any] | None = None,
+              extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the plan directory atomically: on failure nothing is left at `path`."""
     from safetensors.torch import save_file
 
@@ -89,10 +90,13 @@ def save_plan(plan: ExecutablePlan, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".plan-", dir=path.parent))
     try:
-        (tmp / "plan.json").write_text(json.dumps(plan.to_json(), indent=1))
-        tensors = {}
+        doc = plan.to_json()
+        if report is not None:
+            doc["report"] = report
+        (tmp / "plan.json").write_text(json.dumps(doc, indent=1))
+        tensors = dict(extra_tensors or {})
         for name, state in plan.states():
-            for buf, value in state.named_buffers():
+            for buf, value in state.named_buffers(remove_duplicate=False):
                 if buf in state.STATE or buf == "weight":
                     tensors[f"{name}.{buf}"] = value.detach().cpu().contiguous().clone()
         save_file(tensors, str(tmp / "tensors.safetensors"))
