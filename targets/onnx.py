@@ -187,9 +187,10 @@ def _export_error(e: BaseException) -> ExportError:
         if isinstance(c, ExportError):
             return c
     text = "\n".join(str(c) for c in chain)
-    missing = re.search(r"No ONNX function found for <?(?:OpOverload\()?([\w.:']+)", text)
+    missing = (re.search(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'", text)
+               or re.search(r"No ONNX function found for (\S+?)\.?(?:\s|$)()", text))
     if missing:
-        name = missing.group(1).strip("'")
+        name = ".".join(p for p in missing.groups() if p)
         return ExportError(f"the ONNX exporter cannot translate op {name!r}: it has no ONNX translation. Keep that op "
                            "out of the compiled model, or register one with torch.onnx's custom_translation_table")
     last = str(chain[-1]).strip().splitlines()

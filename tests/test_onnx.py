@@ -1,0 +1,304 @@
+"""ONNX export: onnxruntime against the simulator, annotations, soft prompts, bad input.
+
+Tolerance (`ort_tolerance`). Both runtimes compute the same float32 arithmetic and differ
+only in summation order, about 1e-7 of the logits' scale; `FLOAT_SLACK` covers that. At the
+quantized levels one more thing can happen: an activation that lands within float noise of
+a half step rounds the other way, which moves the product by one input quantization step.
+For the output head that is at most `step * max|W_head|` with `step = max|x_head| / qmax`;
+the tolerance allows one such step and no more, so a missing or different quantizer fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from nvcc_pt.targets import onnx as onnx_export
+from torch import nn
+
+import nvcc_pt
+from nvcc_pt import ExportError, meta
+from nvcc_pt.plan import PLAN_SCHEMA
+
+FLOAT_SLACK = 1e-5
+"""Relative float32 slack (of max |logits|) for summation-order differences."""
+
+
+def tiny_llama() -> nn.Module:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=101, hidden_size=36, intermediate_size=37, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def ids_of(shape: tuple[int, int], seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 101, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+class _HeadInput(torch.fx.Interpreter):
+    """Runs the plan and keeps the input and weight of the last mapped op (the output head)."""
+
+    def call_function(self, target, args, kwargs):
+        if target is torch.ops.nvcc_pt.cim_linear.default:
+            self.head = (args[0], args[1], nvcc_pt.ops.parse_config(args[4]))
+        return super().call_function(target, args, kwargs)
+
+
+def ort_tolerance(cm, *args) -> float:
+    """See the module docstring: float slack plus, when inputs are quantized, one input step of the head."""
+    run = _HeadInput(cm.graph_module)
+    with torch.no_grad():
+        out = run.run(*args)
+    tol = FLOAT_SLACK * float(out.abs().max())
+    if cm.fidelity != "exact":
+        x, w, cfg = run.head
+        step = float(x.abs().max()) / (2 ** (cfg["input_bits"] - 1) - 1)
+        tol += step * float(w.abs().max())
+    return tol
+
+
+def compare(cm, path, shapes=((2, 7), (3, 11))) -> float:
+    """Max |ORT - simulator| over inputs of several batch and sequence sizes; asserts within tolerance."""
+    sess = session(path)
+    worst = 0.0
+    for shape in shapes:
+        ids = ids_of(shape, seed=shape[1])
+        with torch.no_grad():
+            ref = cm(ids).numpy()
+        got = sess.run(None, {"input_ids": ids.numpy()})[0]
+        tol = ort_tolerance(cm, ids)
+        diff = float(np.abs(got - ref).max())
+        assert got.shape == ref.shape
+        assert diff <= tol, f"{cm.fidelity}: ORT differs from the simulator by {diff:.3g} > tolerance {tol:.3g}"
+        worst = max(worst, diff)
+    return worst
+
+
+def leftovers(directory) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+@pytest.fixture(scope="module")
+def llama_cm():
+    return nvcc_pt.compile(tiny_llama(), "reram-128x128", fidelity="noisy", seed=3)
+
+
+@pytest.fixture(scope="module")
+def llama_onnx(llama_cm, tmp_path_factory):
+    """fidelity -> (compiled model, exported file), exported once per module."""
+    cache = {}
+
+    def get(fidelity: str):
+        if fidelity not in cache:
+            cm = llama_cm if fidelity == "noisy" else llama_cm.with_fidelity(fidelity)
+            cache[fidelity] = cm, cm.export_onnx(tmp_path_factory.mktemp("onnx") / f"{fidelity}.onnx")
+        return cache[fidelity]
+
+    return get
+
+
+@pytest.mark.parametrize("fidelity", ["exact", "quantized", "noisy"])
+def test_llama_matches_simulator(llama_onnx, fidelity):
+    cm, path = llama_onnx(fidelity)
+    onnx.checker.check_model(str(path), full_check=True)
+    proto = onnx.load(str(path))
+    calls = [n for n in proto.graph.node if (n.domain, n.op_type) == ("nvcc_pt", "CimLinear")]
+    assert len(calls) == cm.report.totals["mapped_ops"] == len(cm.plan.states())
+    assert [f.name for f in proto.functions] == ["CimLinear"]
+    assert all(f.domain == "nvcc_pt" for f in proto.functions)
+    assert all(n.domain in ("", "nvcc_pt") for f in proto.functions for n in f.node if n.domain != "")
+    assert not any(n.domain == "" for f in proto.functions for n in f.node if n.op_type == "CimLinear")
+    # programmed weights are initializers, bit for bit
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for name, state in cm.plan.states():
+        np.testing.assert_array_equal(inits[f"cim.{name}.weight"], state.weight.numpy())
+    # batch and sequence stay dynamic
+    dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert all(dims), dims
+    compare(cm, path)
+
+
+def test_tolerance_tells_quantized_from_exact(llama_onnx):
+    """The tolerance is tight enough that an export without the input quantizer would fail."""
+    exact = llama_onnx("exact")[1]
+    quantized = llama_onnx("quantized")[0]
+    ids = ids_of((2, 7))
+    got = session(exact).run(None, {"input_ids": ids.numpy()})[0]
+    with torch.no_grad():
+        ref = quantized(ids).numpy()
+    assert float(np.abs(got - ref).max()) > ort_tolerance(quantized, ids)
+
+
+def test_noisy_export_follows_the_seed(llama_cm, llama_onnx, tmp_path):
+    other = llama_cm.with_fidelity("noisy")
+    other.program(seed=11)
+    a = session(llama_onnx("noisy")[1]).run(None, {"input_ids": ids_of((1, 5)).numpy()})[0]
+    b = session(other.export_onnx(tmp_path / "b.onnx")).run(None, {"input_ids": ids_of((1, 5)).numpy()})[0]
+    assert np.abs(a - b).max() > 1e-4
+    compare(other, tmp_path / "b.onnx", shapes=((1, 5),))
+
+
+def test_annotations_round_trip(llama_cm, llama_onnx):
+    path = llama_onnx("noisy")[1]
+    ann = nvcc_pt.read_onnx_annotations(path)
+    assert ann["plan_schema"] == PLAN_SCHEMA
+    assert ann["report"] == llama_cm.report.to_dict()
+    assert (ann["fidelity"], ann["seed"], ann["target"]) == ("noisy", 3, "reram-128x128")
+    assert list(ann["ops"]) == [name for name, _ in llama_cm.plan.states()]
+    for name, got in ann["ops"].items():
+        recs = llama_cm.plan.records[name]
+        assert got == onnx_export.op_annotations(recs, name, "noisy")
+        for key in ("cim.op", "cim.tiles", "cim.crossbar", "cim.bits", "cim.device", "cim.sigma", "cim.placement"):
+            assert got[key], key
+        assert got["cim.placement"] == recs[meta.PLACEMENT].describe()
+        assert got["cim.sigma"] == f"{recs[meta.NOISE].sigma:g}"
+        grid = recs[meta.TILES]
+        assert got["cim.tiles"].startswith(f"{grid.row_tiles}x{grid.col_tiles} ")
+        assert got["cim.crossbar"] == "128x128"
+
+
+def test_soft_prompt_stays_an_input(tmp_path):
+    model = tiny_llama()
+    prompt = torch.randn(4, 36, generator=torch.Generator().manual_seed(5)) * 0.5
+    cm = nvcc_pt.compile(model, "reram-128x128", fidelity="noisy", seed=0, soft_prompt=prompt)
+    path = cm.export_onnx(tmp_path / "p.onnx")
+    sess = session(path)
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "soft_prompt"]
+    assert sess.get_inputs()[1].shape == [4, 36]
+    other = torch.randn(4, 36, generator=torch.Generator().manual_seed(6)) * 0.5
+    ids = ids_of((2, 6))
+    outs = {}
+    for tag, p in (("a", prompt), ("b", other)):
+        with torch.no_grad():
+            ref = cm(ids, soft_prompt=p).numpy()
+        got = sess.run(None, {"input_ids": ids.numpy(), "soft_prompt": p.numpy()})[0]
+        assert np.abs(got - ref).max() <= ort_tolerance(cm, ids, p)
+        outs[tag] = (got, ref)
+    ort_change = outs["b"][0] - outs["a"][0]
+    sim_change = outs["b"][1] - outs["a"][1]
+    assert np.abs(sim_change).max() > 1e-3  # the prompt matters
+    np.testing.assert_allclose(ort_change, sim_change, atol=2 * ort_tolerance(cm, ids, other), rtol=0)
+
+
+def test_plain_module_with_bias(tmp_path):
+    model = nn.Sequential(nn.Linear(12, 20), nn.ReLU(), nn.Linear(20, 5, bias=False))
+    x = torch.randn(3, 12, generator=torch.Generator().manual_seed(0))
+    cm = nvcc_pt.compile(model, "reram-128x128", example_inputs=(x,), fidelity="quantized")
+    path = cm.export_onnx(tmp_path / "mlp.onnx")
+    onnx.checker.check_model(str(path), full_check=True)
+    for batch in (3, 7):
+        xb = torch.randn(batch, 12, generator=torch.Generator().manual_seed(batch))
+        got = session(path).run(None, {"input_0": xb.numpy()})[0]
+        with torch.no_grad():
+            ref = cm(xb).numpy()
+        assert np.abs(got - ref).max() <= ort_tolerance(cm, xb)
+
+
+def test_external_data_above_threshold(llama_cm, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
+    path = llama_cm.export_onnx(tmp_path / "big.onnx")
+    assert leftovers(tmp_path) == ["big.onnx", "big.onnx.data"]
+    proto = onnx.load(str(path), load_external_data=False)
+    weights = [i for i in proto.graph.initializer if i.name.startswith("cim.")]
+    assert weights and all(i.data_location == onnx.TensorProto.EXTERNAL for i in weights)
+    assert os.path.getsize(tmp_path / "big.onnx.data") >= sum(s.weight.numel() * 4 for _, s in llama_cm.plan.states())
+    onnx.checker.check_model(str(path), full_check=True)
+    compare(llama_cm, path, shapes=((2, 5),))
+
+
+# -- bad input: a clear ExportError, and nothing left at the target ----------------------------
+def test_unsupported_fidelity(llama_cm, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "SUPPORTED_FIDELITIES", ("exact", "quantized"))
+    with pytest.raises(ExportError, match=r"'noisy'.*\('exact', 'quantized'\)"):
+        llama_cm.export_onnx(tmp_path / "m.onnx")
+    assert leftovers(tmp_path) == []
+
+
+def test_crossbar_fidelities_name_the_supported_levels(llama_cm, tmp_path):
+    for fidelity in ("adc", "bit-serial"):
+        if fidelity in onnx_export.SUPPORTED_FIDELITIES:
+            continue
+        cm = nvcc_pt.CompiledModel(dataclasses.replace(llama_cm.plan, fidelity=fidelity), llama_cm.report)
+        with pytest.raises(ExportError, match=rf"{fidelity}.*'exact', 'quantized', 'noisy'"):
+            cm.export_onnx(tmp_path / "m.onnx")
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_directory(llama_cm, tmp_path):
+    with pytest.raises(ExportError, match="does not exist"):
+        llama_cm.export_onnx(tmp_path / "no" / "such" / "m.onnx")
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_programmed_weights(llama_cm, tmp_path):
+    cm = llama_cm.with_fidelity("noisy")
+    name, state = cm.plan.states()[2]
+    state.weight = torch.empty(0)
+    with pytest.raises(ExportError, match=rf"{name}.*no programmed weights"):
+        cm.export_onnx(tmp_path / "m.onnx")
+    assert leftovers(tmp_path) == []
+
+
+@torch.library.custom_op("nvcc_test::no_onnx", mutates_args=())
+def _no_onnx(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@_no_onnx.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class _Odd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.ops.nvcc_test.no_onnx(self.fc(x))
+
+
+def test_untranslatable_op_is_named(tmp_path):
+    cm = nvcc_pt.compile(_Odd(), "reram-128x128", example_inputs=(torch.randn(2, 8),), fidelity="exact")
+    target = tmp_path / "odd.onnx"
+    with pytest.raises(ExportError, match=r"op 'nvcc_test\.no_onnx\.default'"):
+        cm.export_onnx(target)
+    assert leftovers(tmp_path) == []
+
+
+def test_failure_keeps_an_existing_file(llama_cm, tmp_path):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old")
+    cm = llama_cm.with_fidelity("noisy")
+    cm.plan.states()[0][1].weight = torch.empty(0)
+    with pytest.raises(ExportError):
+        cm.export_onnx(target)
+    assert target.read_bytes() == b"old" and leftovers(tmp_path) == ["m.onnx"]
+
+
+# -- command line ----------------------------------------------------------------------------
+def test_cli_export_and_inspect(llama_cm, tmp_path, capsys):
+    from nvcc_pt.cli import main
+
+    llama_cm.save(tmp_path / "plan")
+    assert main(["export", str(tmp_path / "plan"), str(tmp_path / "m.onnx")]) == 0
+    assert main(["inspect", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    for name, _ in llama_cm.plan.states():
+        row = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert llama_cm.plan.records[name][meta.PLACEMENT].describe() in row
+    assert "plan schema 1" in out and "lm_head" in out
+    compare(nvcc_pt.load(tmp_path / "plan"), tmp_path / "m.onnx", shapes=((1, 4),))
+    assert main(["export", str(tmp_path / "plan"), str(tmp_path / "missing" / "m.onnx")]) == 2
+    assert "does not exist" in capsys.readouterr().err
