@@ -58,6 +58,10 @@ class DeviceError(NvccPtError):
     """A compute device (such as CUDA) was asked for but is not available."""
 
 
+class DataError(NvccPtError, ValueError):
+    """A data file (such as a LaMP question or output file) is missing, does not parse, or holds a bad record."""
+
+
 class CostModelError(NvccPtError, ValueError):
     """A hardware cost figure is negative, malformed, or missing for a component the target uses."""
 

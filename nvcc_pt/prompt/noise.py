@@ -1,0 +1,63 @@
+"""Device noise on soft prompts, drawn through the simulator's own programming path.
+
+An OVT `[n_virtual, hidden]` is stored like the weight of a mapped linear layer: each virtual
+token is one output channel. `read_back_ovt` quantizes it (`quantize_weight`), splits sign and
+bit slices (`magnitudes`, `slice_levels`), programs the cell levels with the target's device
+model (`program_levels`, with the per-level sigmas `annotate_noise` resolves) and reads them back
+(`read_back`): the same functions, in the same order and with the same random draws, that
+`targets.simulator.program_state` uses for a compiled layer. Training and the bank thus see one
+noise model.
+
+`noisy_ovt` is the training-time version: the forward value is the read-back OVT and the gradient
+passes straight through to the clean OVT (straight-through estimator), so every step trains the
+OVT on a fresh device instance. `censor` right-censors the Gaussian deviation of each cell at
+`censor` standard deviations (the option the NVCiM-PT authors' group trains with), leaving the
+draws otherwise identical.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nvcc_pt.errors import InputError
+from nvcc_pt.meta import NoiseInfo
+from nvcc_pt.targets import TargetSpec, get_target
+from nvcc_pt.targets.simulator import magnitudes, program_levels, quantize_weight, read_back, slice_levels
+
+
+def noise_info(target: str | TargetSpec, sigma: float | None = None) -> tuple[TargetSpec, NoiseInfo]:
+    """The target (with `sigma` applied when given) and the noise record a mapped op on it is programmed with."""
+    spec = get_target(target)
+    if sigma is not None:
+        spec = spec.replace(sigma=float(sigma))
+    dev = spec.device
+    info = NoiseInfo(device=dev.name, sigma=dev.sigma, level_sigmas=dev.level_sigmas(spec.levels),
+                     read_sigma=dev.read_sigma, stuck_at_gmin=dev.stuck_at_gmin, stuck_at_gmax=dev.stuck_at_gmax,
+                     drift_nu=dev.drift_nu)
+    return spec, info
+
+
+def read_back_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.Generator, *, sigma: float | None = None,
+                  censor: float | None = None) -> torch.Tensor:
+    """`ovt` `[n_virtual, hidden]` as a programmed crossbar reads it back (device variation from `generator`)."""
+    if ovt.dim() != 2:
+        raise InputError(f"an OVT must be [n_virtual, hidden]; got shape {tuple(ovt.shape)}")
+    spec, info = noise_info(target, sigma)
+    w = ovt.detach().float().cpu()
+    wq, scale = quantize_weight(w, spec.weight_bits)
+    levels = slice_levels(magnitudes(wq, spec.sign, spec.weight_bits), spec.cell_bits, spec.num_slices())
+    levels = levels.transpose(0, 1)  # [P, S, N, K], the order program_state draws in
+    programmed = program_levels(levels, info, spec.cell_bits, generator)
+    if censor is not None:
+        top = 2**spec.cell_bits - 1
+        sig = torch.tensor(info.level_sigmas, dtype=torch.float32)[levels.long()] * top
+        programmed = levels + torch.minimum(programmed - levels, censor * sig)
+    cfg = {"cell_bits": spec.cell_bits, "sign": spec.sign, "weight_bits": spec.weight_bits}
+    return (read_back(programmed, cfg) * scale[:, None]).to(ovt.dtype).to(ovt.device)
+
+
+def noisy_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.Generator, *, sigma: float | None = None,
+              censor: float | None = None) -> torch.Tensor:
+    """The read-back OVT in the forward pass, identity in the backward pass (straight-through)."""
+    noisy = read_back_ovt(ovt, target, generator, sigma=sigma, censor=censor)
+    return ovt + (noisy - ovt).detach()
