@@ -149,6 +149,9 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, *, soft_promp
         ids = example_inputs[0] if example_inputs else _default_ids(vocab, device)
         if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 2:
             raise InputError(f"example input_ids must be an int64 tensor [batch, seq], got {_describe(ids)}")
+        if ids.shape[0] < 2 or ids.shape[1] < 2:
+            # torch.export specializes sizes 0 and 1; trace with 2 so batch and sequence stay dynamic.
+            ids = ids.repeat(2 if ids.shape[0] < 2 else 1, 2 if ids.shape[1] < 2 else 1)
         seq = {0: Dim("batch", min=1, max=65536), 1: Dim("seq", min=1, max=131072)}
         if prompt is None:
             wrapper, args, dynamic = _CausalLM(base), (ids,), {"input_ids": seq}
