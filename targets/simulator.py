@@ -57,8 +57,9 @@ from nvcc_pt.ops import FIDELITIES, CimState, parse_config
 
 IMPLEMENTED = FIDELITIES
 CROSSBAR = ("adc", "bit-serial")
-CHUNK_BYTES = 256 * 2**20
-"""Memory budget for one chunk's partial sums (bytes); the batch is processed in chunks under it."""
+CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}
+"""Memory budget for one chunk's partial sums (bytes) per device type; the batch is processed in chunks under
+it. On CPU a chunk that stays near the last-level cache keeps the elementwise ADC passes cheap."""
 
 _calibration: dict[str, list[float]] | None = None
 
@@ -161,8 +162,12 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     place_s = slice_places(cfg["cell_bits"], slices, x.device)
     batch, k = xi.shape
     cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
-    chunk = max(1, CHUNK_BYTES // (4 * tiles * cycles * (sn + rows)))
+    budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
+    chunk = max(1, budget // (4 * tiles * cycles * (sn + rows)))
     offset = torch.full((1, 1, 1), -lo / step, device=x.device, dtype=levels.dtype)
+    # The ADC clips only if some partial sum can leave its range; a bound from the cells decides (one cheap pass).
+    reach = levels.abs().sum(1).amax().item() * digit_max(cfg, bit_serial)[0]
+    clip = _calibration is not None or -reach < lo or reach > lo + codes_max * step
     out = []
     for start in range(0, batch, chunk):
         planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
@@ -174,7 +179,10 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
             seen = _calibration.setdefault(cfg["op"], [math.inf, -math.inf])
             seen[0] = min(seen[0], codes.min().item() * step + lo)
             seen[1] = max(seen[1], codes.max().item() * step + lo)
-        codes = codes.round_().clamp_(0, codes_max).sum(0).view(cycles, b, slices, n)
+        codes = codes.round_()
+        if clip:
+            codes = codes.clamp_(0, codes_max)
+        codes = codes.sum(0).view(cycles, b, slices, n)
         acc = torch.einsum("tbsn,t,s->bn", codes, place_t, place_s)
         out.append(acc * step + lo * tiles * place_t.sum() * place_s.sum())
     y = torch.cat(out) if len(out) > 1 else out[0]

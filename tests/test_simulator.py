@@ -222,3 +222,12 @@ def test_read_noise_is_drawn_per_call_with_the_right_size():
     spread_adc = torch.stack([adc(x) - yq for _ in range(100)]).std().item()
     assert spread_noisy > 0
     assert spread_adc == pytest.approx(spread_noisy, rel=0.15)  # the same per-cell noise through either path
+
+
+def test_chunking_over_batch_rows_changes_nothing(monkeypatch):
+    from nvcc_pt.targets import simulator
+
+    _, x, cm = _compile(_spec(sigma=0.05, adc_bits=6), "bit-serial")
+    whole = cm(x)
+    monkeypatch.setitem(simulator.CHUNK_BYTES, "cpu", 1)  # one batch row per chunk
+    assert torch.equal(cm(x), whole)

@@ -1,0 +1,112 @@
+"""Simulator speed: each fidelity's time as a ratio to plain PyTorch measured in the same run. Prints JSON.
+
+    python benchmarks/simulator_speed.py                 # CPU: 1024x1024 layer at batch 256, a small Llama
+    python benchmarks/simulator_speed.py --device cuda   # adds a 4096x4096 layer at batch 4096
+
+The layer runs on 128x128 arrays with 8-bit weights on 2-bit cells and 8-bit inputs:
+`noisy` (ideal ADC), `adc` (8-bit DAC, one 8-bit ADC read per array column), `bit-serial`
+(1-bit DAC, 8-bit ADC every cycle; two's-complement inputs take 8 cycles, two-phase 14).
+Peers on CPU, for orientation: CrossSim 3.2 ~9x (ideal-ADC balanced core) and ~635x (ISAAC-like
+bit-sliced core, ADC per input bit); aihwkit 1.2 ~32-51x (figures from the issue that set these goals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import nvcc_pt
+
+CASES = {
+    "noisy": ("noisy", {"dac_bits": 8}),
+    "adc": ("adc", {"dac_bits": 8}),
+    "bit-serial": ("bit-serial", {"dac_bits": 1, "extra": (("input_encoding", "twos-complement"),)}),
+    "bit-serial-two-phase": ("bit-serial", {"dac_bits": 1}),
+}
+
+
+def timed(fn, device: torch.device, repeat: int) -> float:
+    """Median seconds per call, after a warm-up call."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.no_grad():
+        fn()
+        sync()
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def spec(**changes):
+    base = nvcc_pt.get_target("reram-128x128").replace(weight_bits=8, cell_bits=2, input_bits=8, adc_bits=8, sigma=0.02)
+    return base.replace(**changes)
+
+
+def bench_layer(k: int, n: int, batch: int, device: torch.device, repeat: int) -> dict:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(k, n).to(device)
+    x = torch.randn(batch, k, device=device)
+    plain = timed(lambda: F.linear(x, layer.weight, layer.bias), device, repeat)
+    out = {"shape": f"{k}x{n}", "batch": batch, "plain_ms": plain * 1e3}
+    for name, (fidelity, changes) in CASES.items():
+        cm = nvcc_pt.compile(layer.cpu(), target=spec(**changes), example_inputs=(x.cpu(),), fidelity=fidelity)
+        cm.to(device)
+        layer.to(device)
+        t = timed(lambda cm=cm: cm(x), device, repeat)
+        out[f"{name}_ms"] = t * 1e3
+        out[f"{name}_ratio"] = t / plain
+    return out
+
+
+def bench_llama(device: torch.device, repeat: int) -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=2000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, config.vocab_size, (4, 64))
+    plain = timed(lambda: model.to(device)(ids.to(device), use_cache=False).logits, device, repeat)
+    out = {"model": "llama h256 i688 L4 vocab2000", "batch": 4, "seq": 64, "plain_ms": plain * 1e3}
+    dev_ids = ids.to(device)
+    for name, (fidelity, changes) in CASES.items():
+        cm = nvcc_pt.compile(model.cpu(), target=spec(**changes), fidelity=fidelity).to(device)
+        t = timed(lambda cm=cm: cm(dev_ids), device, repeat)
+        out[f"{name}_ms"] = t * 1e3
+        out[f"{name}_ratio"] = t / plain
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--no-llama", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "layers": [bench_layer(1024, 1024, 256, device, args.repeat)]}
+    if device.type == "cuda":
+        results["layers"].append(bench_layer(4096, 4096, 4096, device, args.repeat))
+    if not args.no_llama:
+        results["llama"] = bench_llama(device, args.repeat)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
