@@ -20,6 +20,7 @@ from nvcc_pt.errors import (
     TargetError,
     UnsupportedOpError,
 )
+from nvcc_pt.montecarlo import MonteCarloResult, montecarlo
 from nvcc_pt.ops import FIDELITIES
 from nvcc_pt.passmanager import MappingPolicy
 from nvcc_pt.report import MappingReport
@@ -39,5 +40,5 @@ __all__ = [
     "FIDELITIES", "AllocationError", "CaptureError", "CompiledModel", "DeviceError", "DeviceModel", "ExportError",
     "FidelityError", "InputError", "MappingPolicy", "MappingReport", "NvccPtError", "PassError", "PlanFormatError",
     "TargetError", "TargetSpec", "UnsupportedOpError", "compile", "get_target", "list_targets", "load", "read_onnx_annotations",
-    "register_target",
+    "register_target", "MonteCarloResult", "montecarlo",
 ]
