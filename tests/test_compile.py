@@ -53,10 +53,14 @@ def test_constant_prompt_is_baked_in(tiny_models, ids):
         cm(ids, soft_prompt=lm.prompt)
 
 
-def test_peft_prompt_tuning_model_is_unwrapped(tiny_models, ids):
+@pytest.mark.parametrize("kind", ["prompt-tuning", "p-tuning"])
+def test_peft_prompt_learning_model_is_unwrapped(tiny_models, ids, kind):
     peft = pytest.importorskip("peft")
     base = tiny_models("tiny-llama")
-    config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    if kind == "prompt-tuning":
+        config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    else:
+        config = peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, encoder_hidden_size=16)
     pm = peft.get_peft_model(base, config).eval()
     cm = nvcc_pt.compile(pm, "reram-128x128", fidelity="exact")
     assert cm.plan.capture.kind == "soft-prompt-lm" and cm.plan.capture.num_virtual_tokens == 4
