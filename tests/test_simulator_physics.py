@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import nvcc_pt
 
@@ -27,10 +26,11 @@ def _rel(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def llama():
-    config = LlamaConfig(vocab_size=101, hidden_size=36, intermediate_size=37, num_hidden_layers=2,
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=101, hidden_size=36, intermediate_size=37, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1)
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
+    return transformers.LlamaForCausalLM(config).eval()
 
 
 def _ids(seed: int) -> torch.Tensor:
