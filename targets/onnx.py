@@ -71,6 +71,10 @@ def export_onnx(cm, path: str | os.PathLike) -> Path:
                           f"{SUPPORTED_FIDELITIES}. Export cm.with_fidelity('noisy') (same seed, same programmed "
                           "weights, ideal ADC) instead")
     _check_programmed(cm)
+    noisy_reads = [n for n, st in cm.plan.states() if st.config.get("read_sigma", 0.0) > 0]
+    if cm.fidelity == "noisy" and noisy_reads:
+        warnings.warn(f"ops {noisy_reads[:3]}... have read noise, which the simulator draws afresh per call; the "
+                      "ONNX file computes the noise-free read of the programmed weights", stacklevel=3)
     args, dynamic, input_names, output_names = _example_inputs(cm)
     calls: list[_Call] = []
     model = _run_exporter(cm.graph_module, args, dynamic, input_names, output_names, calls)
