@@ -1,4 +1,4 @@
-"""Synthetic LaMP-style data: several users whose domains shift over time, and a word-level tokenizer.
+"""Synthetic LaMP-style data: several users whose domains shift over time, and a word-level tokenizer for them.
 
 The world has `n_domains` domains. Each domain has its own topic words and its own rule mapping a
 cue word in the input to the output label (the user's "preference" in that domain). An input is a few
@@ -33,31 +33,6 @@ ANSWER = "Answer:"
 def lm_prompt(text: str) -> str:
     """The text a causal LM is given for an input: the input, then `Answer:`."""
     return f"{text} {ANSWER}"
-
-
-class WordTokenizer:
-    """A whitespace tokenizer over a fixed vocabulary, with the small part of the HF tokenizer API the harness uses."""
-
-    def __init__(self, words: list[str]):
-        self.vocab = ["<pad>", "<eos>", "<unk>", *dict.fromkeys(w for w in words if w)]
-        self.index = {w: i for i, w in enumerate(self.vocab)}
-        self.pad_token_id, self.eos_token_id, self.unk_token_id = 0, 1, 2
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab)
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [self.index.get(w, self.unk_token_id) for w in text.split()]
-
-    def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        words = [self.vocab[int(i)] for i in ids]
-        if skip_special_tokens:
-            words = [w for w in words if w not in ("<pad>", "<eos>", "<unk>")]
-        return " ".join(words)
 
 
 class SyntheticWorld:
@@ -145,7 +120,13 @@ class SyntheticWorld:
             texts.append(f"{prefix} {lm_prompt(text)} {self.labels[self.rules[d][cue]]}")
         return texts
 
-    def tokenizer(self) -> WordTokenizer:
-        words = ["description:", "review:", ANSWER, *(w for t in self.topics for w in t), *(w for c in self.cues for w in c),
+    def tokenizer(self):
+        """A word-level Hugging Face fast tokenizer over this world's words (save it next to the model)."""
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        words = ["<pad>", "<eos>", "<unk>", "description:", "review:", ANSWER, *(w for t in self.topics for w in t), *(w for c in self.cues for w in c),
                  *(w for label in (*LAMP2_TAGS, *self.task.labels, *self.labels) for w in label.split())]
-        return WordTokenizer(words)
+        tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
