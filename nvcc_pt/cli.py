@@ -13,7 +13,7 @@ import sys
 from nvcc_pt.errors import NvccPtError
 
 # Modules that add subcommands of their own, imported when the parser is built.
-SUBCOMMAND_MODULES: list[str] = ["nvcc_pt.cli_onnx"]
+SUBCOMMAND_MODULES: list[str] = ["nvcc_pt.cli_onnx", "nvcc_pt.prompt.cli"]
 
 
 def _targets(args) -> int:

@@ -64,3 +64,42 @@ class SoftPromptLM(nn.Module):
         if prompt.shape[-1] != self.prompt.shape[-1]:
             raise InputError(f"soft prompt width {prompt.shape[-1]} does not match the model's hidden size {self.prompt.shape[-1]}")
         return run_with_prompt(self.model, input_ids, prompt)
+
+    # -- PEFT prompt-tuning format ----------------------------------------------------------
+    def to_peft(self):
+        """This model as a PEFT `PeftModelForCausalLM` with a prompt-tuning adapter holding this soft prompt.
+
+        Example:
+            >>> lm.to_peft().save_pretrained("adapter/")   # adapter_config.json + adapter_model.safetensors
+        """
+        from peft import PromptTuningConfig, TaskType, get_peft_model
+
+        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=self.num_virtual_tokens,
+                                    token_dim=self.prompt.shape[1], num_transformer_submodules=1)
+        peft_model = get_peft_model(self.model, config)
+        with torch.no_grad():
+            peft_model.prompt_encoder[peft_model.active_adapter].embedding.weight.copy_(self.prompt)
+        return peft_model
+
+    def save_peft(self, path) -> None:
+        """Write this soft prompt as a PEFT prompt-tuning adapter directory (the base model is not written)."""
+        self.to_peft().save_pretrained(str(path))
+
+    @classmethod
+    def from_peft(cls, peft_model: nn.Module) -> SoftPromptLM:
+        """A `SoftPromptLM` from a PEFT prompt-tuning (or p-tuning) model: its base model and its virtual tokens."""
+        from nvcc_pt.capture import unwrap_peft
+
+        unwrapped = unwrap_peft(peft_model)
+        if unwrapped is None:
+            raise InputError(f"{type(peft_model).__name__} is not a PEFT prompt-tuning model; load one with "
+                             "peft.PeftModel.from_pretrained(base, adapter_dir)")
+        base, prompt = unwrapped
+        return cls(base, prompt.shape[0], init=prompt)
+
+    @classmethod
+    def load_peft(cls, model: nn.Module, path) -> SoftPromptLM:
+        """A `SoftPromptLM` of `model` with the soft prompt of the PEFT adapter directory `path`."""
+        from peft import PeftModel
+
+        return cls.from_peft(PeftModel.from_pretrained(model, str(path)))
