@@ -125,17 +125,26 @@ def _tile_map(data: dict[str, Any]):
         if first is None:
             continue
         grid[first:min(first + o["arrays"] * o["duplicates"], shown * per_chip)] = i
-    width = per_macro * max(1, round(math.sqrt(t["macros_per_chip"] * per_macro) / per_macro))
-    height = -(-per_chip // width)
     cmap = ListedColormap(["#e6e6e6", *[plt.get_cmap("tab20")(i % 20) for i in range(max(len(mapped), 1))]])
     fig, axes = plt.subplots(1, shown, figsize=(min(4 * shown, 16), 4), squeeze=False)
     for c in range(shown):
+        arrays = grid[c * per_chip:(c + 1) * per_chip]
+        used = np.flatnonzero(arrays >= 0)
+        # A chip that is mostly free is drawn up to its last used macro, so small models stay visible.
+        extent = per_chip
+        if used.size and used[-1] + 1 < per_chip // 4:
+            extent = -(-(int(used[-1]) + 1) // per_macro) * per_macro
+        width = per_macro * max(1, round(math.sqrt(extent) / per_macro))
+        height = -(-extent // width)
         chip = np.full(width * height, -1)
-        chip[:per_chip] = grid[c * per_chip:(c + 1) * per_chip]
+        chip[:extent] = arrays[:extent]
         ax = axes[0][c]
         ax.imshow(chip.reshape(height, width) + 1, cmap=cmap, vmin=0, vmax=len(mapped), interpolation="nearest",
                   aspect="auto")
-        ax.set_title(f"chip {c}" + (f" (of {chips})" if c == shown - 1 and chips > shown else ""), fontsize=9)
+        title = f"chip {c}" + (f" (of {chips})" if c == shown - 1 and chips > shown else "")
+        if extent < per_chip:
+            title += f": arrays 0-{extent - 1} of {per_chip} shown"
+        ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     return fig
