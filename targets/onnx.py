@@ -1,11 +1,14 @@
 """ONNX export of a compiled plan, with CiM annotations, that stock onnxruntime runs.
 
 `export_onnx(cm, path)` runs `torch.onnx.export(dynamo=True)` on the lowered program with a
-translation for `nvcc_pt::cim_linear`. The translation traces the standard-op body of the
-op's fidelity (`onnx_functions.py`) so the exporter can type everything downstream, and
-remembers which nodes it emitted; afterwards each such group is replaced by one call of the
-model-local function `nvcc_pt.CimLinear(x, weight, bias)`. (The function is added after
-the exporter is done because its opset conversion inlines every local function.)
+translation for `nvcc_pt::cim_linear`. The translation traces a standard-op body (the
+fidelity's own, or at the crossbar levels the quantized one, which has the same output type
+and shape) so the exporter can type everything downstream, and remembers which nodes it
+emitted; afterwards each such group is replaced by one call of a model-local function:
+`nvcc_pt.CimLinear(x, weight, bias)`, or at `adc` / `bit-serial`
+`nvcc_pt.CimLinearAdc(x, levels, scale, bias)` and its bit-serial variants, whose inputs are
+the programmed levels (`onnx_functions.py`). (Functions are added after the exporter is
+done because its opset conversion inlines every local function.)
 
 Every call node carries the op's mapping in `metadata_props` (`ANNOTATION_KEYS`); the model
 carries the mapping report JSON and the plan schema version (`MODEL_KEYS`). Programmed
@@ -32,7 +35,16 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 import torch
-from nvcc_pt.targets.onnx_functions import BODIES, DOMAIN, NAME, function_for
+from nvcc_pt.targets.onnx_functions import (
+    BODIES,
+    DOMAIN,
+    NAME,
+    crossbar_call,
+    crossbar_function,
+    function_for,
+    input_encoding,
+)
+from nvcc_pt.targets.simulator import CROSSBAR
 from torch.export import Dim
 
 from nvcc_pt import meta
@@ -40,7 +52,7 @@ from nvcc_pt.errors import ExportError, InputError
 from nvcc_pt.ops import parse_config
 from nvcc_pt.plan import PLAN_SCHEMA
 
-SUPPORTED_FIDELITIES = tuple(BODIES)
+SUPPORTED_FIDELITIES = (*BODIES, *CROSSBAR)
 """Fidelity levels whose arithmetic the exported file reproduces."""
 EXTERNAL_DATA_THRESHOLD_BYTES = 1_800_000_000
 """Initializer bytes above which weights go to an external data file (protobuf stops at 2 GiB)."""
@@ -58,6 +70,7 @@ class _Call:
     x: ir.Value
     weight: ir.Value
     bias: ir.Value | None
+    state: list[ir.Value]
     y: ir.Value
     nodes: list[ir.Node]
 
@@ -72,13 +85,13 @@ def export_onnx(cm, path: str | os.PathLike) -> Path:
                           "weights, ideal ADC) instead")
     _check_programmed(cm)
     noisy_reads = [n for n, st in cm.plan.states() if st.config.get("read_sigma", 0.0) > 0]
-    if cm.fidelity == "noisy" and noisy_reads:
+    if cm.fidelity in ("noisy", *CROSSBAR) and noisy_reads:
         warnings.warn(f"ops {noisy_reads[:3]}... have read noise, which the simulator draws afresh per call; the "
                       "ONNX file computes the noise-free read of the programmed weights", stacklevel=3)
     args, dynamic, input_names, output_names = _example_inputs(cm)
     calls: list[_Call] = []
     model = _run_exporter(cm.graph_module, args, dynamic, input_names, output_names, calls)
-    _outline(model, calls, cm.fidelity)
+    _outline(model, calls, cm.fidelity, {st.config["op"]: st for _, st in cm.plan.states()})
     _annotate(model, cm, calls)
     _write(model, path)
     return path
@@ -103,6 +116,9 @@ def _check_programmed(cm) -> None:
         if cm.fidelity != "exact" and state.scale.numel() != state.source.shape[0]:
             raise ExportError(f"op {name!r} lacks its programmed weight scales for fidelity {cm.fidelity!r}; "
                               "program the plan with cm.program(seed)")
+        if cm.fidelity in CROSSBAR and state.levels.numel() == 0:
+            raise ExportError(f"op {name!r} holds no programmed levels for fidelity {cm.fidelity!r}; program the "
+                              "plan with cm.program(seed) or cm.with_fidelity(...)")
 
 
 def _example_inputs(cm) -> tuple[tuple, tuple, list[str], list[str]]:
@@ -137,7 +153,7 @@ def _translation(calls: list[_Call]):
 
     def cim_linear(x, weight, bias, state, config):
         cfg = parse_config(config)
-        body = BODIES.get(cfg["fidelity"])
+        body = BODIES.get("quantized" if cfg["fidelity"] in CROSSBAR else cfg["fidelity"])
         if body is None:
             raise ExportError(f"op {cfg['op']!r} runs at fidelity {cfg['fidelity']!r}; the ONNX exporter supports "
                               f"{SUPPORTED_FIDELITIES}")
@@ -145,7 +161,7 @@ def _translation(calls: list[_Call]):
             op.ConstantOfShape(op.Constant(value_ints=[weight.shape[0]])), x)
         attrs = {} if cfg["fidelity"] == "exact" else _quant_attrs(cfg, x)
         y = body.function(x, weight, b, **attrs)
-        calls.append(_Call(dict(cfg), x, weight, bias, y, _emitted(y, {x, weight, bias})))
+        calls.append(_Call(dict(cfg), x, weight, bias, list(state), y, _emitted(y, {x, weight, bias})))
         return y
 
     return cim_linear
@@ -202,18 +218,36 @@ def _export_error(e: BaseException) -> ExportError:
 
 
 # -- the CimLinear function and annotations -------------------------------------------------
-def _outline(model: ir.Model, calls: list[_Call], fidelity: str) -> None:
-    """Replace each traced body by one call of `nvcc_pt.CimLinear`."""
+def _outline(model: ir.Model, calls: list[_Call], fidelity: str, states: dict) -> None:
+    """Replace each traced body by one call of `nvcc_pt.CimLinear` (or, at the crossbar levels, `CimLinearAdc`...).
+
+    `states`: op name -> its `CimState`, for the ADC range and the row-tile count.
+    """
     graph = model.graph
-    func = function_for(fidelity, model.opset_imports.get("", 18))
-    model.functions[func.identifier()] = func
+    opset = model.opset_imports.get("", 18)
+    if fidelity not in CROSSBAR:
+        func = function_for(fidelity, opset)
+        model.functions[func.identifier()] = func
     model.opset_imports[DOMAIN] = 1
     zeros: dict[tuple, ir.Value] = {}
     for call in calls:
         bias = call.bias if call.bias is not None else _zero_bias(graph, call.weight, zeros)
-        attrs = [] if fidelity == "exact" else [ir.AttrFloat32(k, v) for k, v in _quant_attrs(call.config, call.x).items()]
-        node = ir.Node(DOMAIN, NAME, [call.x, call.weight, bias], attributes=attrs, num_outputs=1,
-                       name=f"cim/{call.config['op']}")
+        op_type, inputs = NAME, [call.x, call.weight, bias]
+        attrs: list[ir.Attr] = []
+        if fidelity in CROSSBAR:
+            scale, levels, _ = call.state
+            state = states[call.config["op"]]
+            op_type, values = crossbar_call(state.config, fidelity, state.levels.shape[0], state.adc_range)
+            inputs = [call.x, levels, scale, bias]
+            for value in (levels, scale):  # the exporter dropped them while nothing read them
+                if value.name not in graph.initializers:
+                    graph.register_initializer(value)
+            attrs = [ir.AttrFloat32s(k, v) if isinstance(v, list) else ir.AttrFloat32(k, v) for k, v in values.items()]
+            func = crossbar_function(input_encoding(state.config, fidelity), opset)
+            model.functions.setdefault(func.identifier(), func)
+        elif fidelity != "exact":
+            attrs = [ir.AttrFloat32(k, v) for k, v in _quant_attrs(call.config, call.x).items()]
+        node = ir.Node(DOMAIN, op_type, inputs, attributes=attrs, num_outputs=1, name=f"cim/{call.config['op']}")
         out = node.outputs[0]
         out.dtype, out.shape = call.y.dtype, call.y.shape
         graph.insert_before(call.y.producer(), node)
@@ -221,6 +255,11 @@ def _outline(model: ir.Model, calls: list[_Call], fidelity: str) -> None:
         call.y.replace_all_uses_with(out, replace_graph_outputs=True)
         graph.remove(call.nodes, safe=True)
         out.name = name
+    if fidelity in CROSSBAR:  # the crossbar functions read the levels; the effective weights stay out of the file
+        for call in calls:
+            for value in (call.weight, *call.state):
+                if not value.uses() and value.name in graph.initializers:
+                    graph.initializers.pop(value.name)
 
 
 def _zero_bias(graph: ir.Graph, weight: ir.Value, cache: dict) -> ir.Value:

@@ -1,4 +1,4 @@
-"""The bodies of the model-local ONNX function `nvcc_pt.CimLinear`, one per exported fidelity.
+"""The bodies of the model-local ONNX functions `nvcc_pt.CimLinear*`, one per exported fidelity.
 
 Each body reproduces `targets/simulator.py` for one fidelity with standard ONNX ops only:
 
@@ -10,6 +10,21 @@ Each body reproduces `targets/simulator.py` for one fidelity with standard ONNX 
 
 `weight` is the programmed effective weight `[N, K]` as the simulator multiplies by it;
 `qmax` and `tiny` are attributes of each call so one function serves every op.
+
+The crossbar levels take the programmed levels `[R, rows, S*N]` and the weight scales `[N]`
+instead of the effective weight: `CimLinearAdc(x, levels, scale, bias)` (one bipolar DAC
+cycle: `adc`, or `bit-serial` with `dac_bits >= input_bits`), `CimLinearBitSerial` (two-phase
+inputs) and `CimLinearBitSerial2c` (two's-complement inputs). Their body follows
+`simulator._crossbar` step by step: quantize the input per token; split it into DAC planes
+`[T, B, K]` with place values `[T]`; pad K to whole row tiles and reshape to
+`[R, T*B, rows]`; one batched MatMul against the levels gives every partial sum of every
+tile, physical column and cycle; the ADC maps each to `Clip(Round(sum / step - lo / step),
+0, codes_max)`; codes are summed over row tiles, shifted and added over cycles and slices,
+rescaled (`acc * step + lo * R * sum(place_t) * sum(place_s)`), corrected for the offset
+reference column, scaled by the input and weight scales, and the bias is added. The ADC grid
+(full scale or `cm.calibrate`'s range) and the place values are attributes of each call
+(`crossbar_call`), computed with the simulator's own helpers so the constants are the same
+float32 numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +32,10 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 import onnxscript
+import torch
+from nvcc_pt.targets.devices import TINY, input_planes, slice_places
+from nvcc_pt.targets.simulator import _adc_grid
+from onnx import AttributeProto, TensorProto, helper
 from onnxscript import opset18 as op
 
 DOMAIN = "nvcc_pt"
@@ -43,6 +62,11 @@ def cim_linear_quantized(x, weight, bias, qmax: float, tiny: float):
 BODIES = {"exact": cim_linear_exact, "quantized": cim_linear_quantized, "noisy": cim_linear_quantized}
 
 
+CROSSBAR_NAMES = {"one-cycle": "CimLinearAdc", "two-phase": "CimLinearBitSerial",
+                  "twos-complement": "CimLinearBitSerial2c"}
+"""Function name per input encoding of the crossbar levels."""
+
+
 def function_for(fidelity: str, onnx_opset: int) -> ir.Function:
     """`nvcc_pt.CimLinear` with the body of `fidelity`, importing the model's default opset."""
     proto: onnx.FunctionProto = BODIES[fidelity].to_function_proto()
@@ -50,4 +74,122 @@ def function_for(fidelity: str, onnx_opset: int) -> ir.Function:
     for imp in proto.opset_import:
         if imp.domain == "":
             imp.version = onnx_opset
+    return ir.serde.deserialize_function(proto)
+
+
+# -- crossbar levels --------------------------------------------------------------------------
+def input_encoding(cfg: dict, fidelity: str) -> str:
+    """How the DAC applies one op's inputs: `one-cycle`, `two-phase` or `twos-complement` (`input_planes`)."""
+    if fidelity == "adc" or cfg["dac_bits"] >= cfg["input_bits"]:
+        return "one-cycle"
+    return cfg.get("input_encoding", "two-phase")
+
+
+def crossbar_call(cfg: dict, fidelity: str, tiles: int, adc_range: torch.Tensor) -> tuple[str, dict]:
+    """The function name and the attributes of one op's call at a crossbar fidelity.
+
+    `tiles` is the op's row-tile count and `adc_range` its `CimState.adc_range` (empty: full scale).
+    """
+    bit_serial = fidelity == "bit-serial"
+    encoding = input_encoding(cfg, fidelity)
+    if encoding not in CROSSBAR_NAMES:
+        raise ValueError(f"op {cfg['op']!r}: unknown input_encoding {encoding!r}")
+    lo, step = _adc_grid(cfg, adc_range.detach().cpu(), bit_serial)
+    place_t = input_planes(torch.zeros(1, 1), cfg, bit_serial)[1]
+    place_s = slice_places(cfg["cell_bits"], cfg["slices"])
+    attrs = {
+        "qmax": float(2 ** (cfg["input_bits"] - 1) - 1), "tiny": float(TINY),
+        "inv_step": 1.0 / step, "offset": -lo / step, "codes_max": float(2 ** cfg["adc_bits"] - 1), "step": step,
+        # the same float32 expression as the simulator's, so the constant is the same number
+        "lo_sum": float(lo * tiles * place_t.sum() * place_s.sum()),
+        "ref": float(2 ** (cfg["weight_bits"] - 1)) if cfg["sign"] == "offset" else 0.0,
+        "place_s": place_s.tolist(),
+    }
+    if encoding == "two-phase":
+        attrs.update(shifts=place_t[: len(place_t) // 2].tolist(), base=float(2 ** cfg["dac_bits"]))
+    elif encoding == "twos-complement":
+        attrs.update(shifts=place_t[:-1].tolist(), base=float(2 ** cfg["dac_bits"]), wrap=float(-place_t[-1]))
+    return CROSSBAR_NAMES[encoding], attrs
+
+
+class _Body:
+    """A function body under construction: `b("Op", *inputs, **attrs)` appends a node and names its output."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.refs: list[str] = []
+
+    def __call__(self, op_type: str, *inputs: str, **attrs) -> str:
+        out = f"_{len(self.nodes)}_{op_type.lower()}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def ints(self, *values: int) -> str:
+        return self("Constant", value_ints=list(values))
+
+    def ref(self, name: str, many: bool = False) -> str:
+        """A Constant holding the call's float (or float-list) attribute `name`."""
+        node = helper.make_node("Constant", [], [f"_{len(self.nodes)}_{name}"])
+        kind = AttributeProto.FLOATS if many else AttributeProto.FLOAT
+        node.attribute.append(helper.make_attribute_ref("value_floats" if many else "value_float", kind,
+                                                        ref_attr_name=name))
+        self.nodes.append(node)
+        self.refs.append(name)
+        return node.output[0]
+
+
+def _planes(b: _Body, xi: str, encoding: str) -> tuple[str, str]:
+    """DAC planes `[T, B, K]` of the integer inputs `xi` `[B, K]` and their place values `[T]` (`input_planes`)."""
+    if encoding == "one-cycle":  # a bipolar DAC applies the signed integer at once
+        return b("Unsqueeze", xi, b.ints(0)), b("Constant", value_floats=[1.0])
+    shifts = b.ref("shifts", many=True)
+    per_plane = b("Unsqueeze", shifts, b.ints(1, 2))
+    if encoding == "two-phase":  # magnitude digits of the positive entries, then of the negative ones
+        value = b("Abs", xi)
+        pos = b("CastLike", b("Greater", xi, b("CastLike", b("Constant", value_float=0.0), xi)), xi)
+        neg = b("Sub", b("CastLike", b("Constant", value_float=1.0), xi), pos)
+    else:  # the low b-1 bits of the two's-complement code, then the sign bit
+        neg = b("CastLike", b("Less", xi, b("CastLike", b("Constant", value_float=0.0), xi)), xi)
+        value = b("Add", xi, b("Mul", neg, b.ref("wrap")))
+    digits = b("Mod", b("Floor", b("Div", b("Unsqueeze", value, b.ints(0)), per_plane)), b.ref("base"), fmod=1)
+    if encoding == "two-phase":
+        planes = b("Concat", b("Mul", digits, pos), b("Mul", digits, neg), axis=0)
+        return planes, b("Concat", shifts, b("Neg", shifts), axis=0)
+    planes = b("Concat", digits, b("Unsqueeze", neg, b.ints(0)), axis=0)
+    return planes, b("Concat", shifts, b("Neg", b("Unsqueeze", b.ref("wrap"), b.ints(0))), axis=0)
+
+
+def crossbar_function(encoding: str, onnx_opset: int) -> ir.Function:
+    """`nvcc_pt.CimLinearAdc` (or a bit-serial variant) `(x, levels, scale, bias) -> y`; see the module docstring."""
+    b = _Body()
+    k = b("Shape", "x", start=-1)
+    flat = b("Reshape", b("Cast", "x", to=TensorProto.FLOAT), b("Concat", b.ints(-1), k, axis=0))
+    qmax = b.ref("qmax")
+    absmax = b("ReduceMax", b("Abs", flat), b.ints(-1), keepdims=1)
+    sx = b("Div", b("Max", absmax, b.ref("tiny")), qmax)
+    xi = b("Clip", b("Round", b("Div", flat, sx)), b("Neg", qmax), qmax)
+    planes, place_t = _planes(b, xi, encoding)
+    # pad K to whole row tiles; every (cycle, token) row becomes a batch row of each tile's product
+    tile_shape = b("Shape", "levels", end=2)
+    pad = b("Sub", b("ReduceProd", tile_shape, keepdims=1), k)
+    padded = b("Pad", planes, b("Concat", b.ints(0, 0, 0, 0, 0), pad, axis=0))
+    xt = b("Transpose", b("Reshape", padded, b("Concat", b.ints(-1), tile_shape, axis=0)), perm=[1, 0, 2])
+    # ADC input in units of one code, then the ADC
+    codes = b("Add", b("Mul", b("MatMul", xt, "levels"), b.ref("inv_step")), b.ref("offset"))
+    codes = b("Clip", b("Round", codes), b("Constant", value_float=0.0), b.ref("codes_max"))
+    # digital: sum over row tiles, shift-and-add over cycles and slices
+    summed = b("ReduceSum", codes, b.ints(0), keepdims=0)
+    place_s = b.ref("place_s", many=True)
+    grid_shape = b("Concat", b("Shape", place_t), b.ints(-1), b("Shape", place_s), b("Shape", "scale"), axis=0)
+    grid = b("Reshape", summed, grid_shape)
+    weighted = b("Mul", b("Mul", grid, b("Reshape", place_t, b.ints(-1, 1, 1, 1))),
+                 b("Reshape", place_s, b.ints(-1, 1)))
+    acc = b("ReduceSum", weighted, b.ints(0, 2), keepdims=0)
+    y = b("Add", b("Mul", acc, b.ref("step")), b.ref("lo_sum"))
+    y = b("Sub", y, b("Mul", b.ref("ref"), b("ReduceSum", xi, b.ints(-1), keepdims=1)))  # offset reference column
+    y = b("CastLike", b("Mul", b("Mul", y, sx), "scale"), "x")
+    y = b("Reshape", y, b("Concat", b("Shape", "x", end=-1), b("Shape", "scale"), axis=0))
+    b.nodes.append(helper.make_node("Add", [y, "bias"], ["y"]))
+    proto = helper.make_function(DOMAIN, CROSSBAR_NAMES[encoding], ["x", "levels", "scale", "bias"], ["y"], b.nodes,
+                                 [helper.make_opsetid("", onnx_opset)], attributes=sorted(set(b.refs)))
     return ir.serde.deserialize_function(proto)
