@@ -226,6 +226,9 @@ def evaluate(model: nn.Module, tokenizer, dataset: LampDataset, cfg: EvalConfig 
     if banks is None:
         banks, query_user = build_banks(model, tokenizer, dataset, cfg, embedder=embedder, progress=progress)
     else:
+        hidden = model.get_input_embeddings().weight.shape[1]
+        for bank in banks.values():
+            bank.check_width(hidden)
         users: dict[tuple, int] = {}
         query_user = [users.setdefault(q.profile, len(users)) for q in queries]
     embeds = query_embeddings(model, tokenizer, [q.input for q in queries])
