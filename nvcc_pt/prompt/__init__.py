@@ -1,4 +1,10 @@
-"""NVCiM-PT: soft prompts, representative selection, noise-aware training, OVT bank and scaled search."""
+"""NVCiM-PT: soft prompts, representative selection, noise-aware training, OVT bank and scaled search.
+
+Modules: `soft_prompt` (SoftPromptLM, PEFT import/export), `selection` (buffer, k-means, representatives),
+`noise` (device noise on OVTs through the simulator's programming path), `training` (noise-aware
+prompt tuning, prediction), `ssa` (scaled search), `bank` (OVT bank on crossbars), `lamp` / `metrics` /
+`synthetic` (data), `harness` (evaluation), `cli` (`nvcc-pt nvcimpt`).
+"""
 
 from nvcc_pt.prompt.soft_prompt import SoftPromptLM, run_with_prompt
 
