@@ -4,11 +4,11 @@
 translation for `nvcc_pt::cim_linear`. The translation traces a standard-op body (the
 fidelity's own, or at the crossbar levels the quantized one, which has the same output type
 and shape) so the exporter can type everything downstream, and remembers which nodes it
-emitted; afterwards each such group is replaced by one call of a model-local function:
-`nvcc_pt.CimLinear(x, weight, bias)`, or at `adc` / `bit-serial`
-`nvcc_pt.CimLinearAdc(x, levels, scale, bias)` and its bit-serial variants, whose inputs are
-the programmed levels (`onnx_functions.py`). (Functions are added after the exporter is
-done because its opset conversion inlines every local function.)
+emitted; afterwards each such group is replaced by one call of the model-local function
+`nvcc_pt.CimLinear(x, weight, bias)`, or at `adc` / `bit-serial` of its overload
+`CimLinear(x, levels, scale, bias)` whose inputs are the programmed levels
+(`onnx_functions.py`). (Functions are added after the exporter is done because its opset
+conversion inlines every local function.)
 
 Every call node carries the op's mapping in `metadata_props` (`ANNOTATION_KEYS`); the model
 carries the mapping report JSON and the plan schema version (`MODEL_KEYS`). Programmed
@@ -219,7 +219,7 @@ def _export_error(e: BaseException) -> ExportError:
 
 # -- the CimLinear function and annotations -------------------------------------------------
 def _outline(model: ir.Model, calls: list[_Call], fidelity: str, states: dict) -> None:
-    """Replace each traced body by one call of `nvcc_pt.CimLinear` (or, at the crossbar levels, `CimLinearAdc`...).
+    """Replace each traced body by one call of `nvcc_pt.CimLinear` (at the crossbar levels, of an overload of it).
 
     `states`: op name -> its `CimState`, for the ADC range and the row-tile count.
     """
@@ -232,12 +232,12 @@ def _outline(model: ir.Model, calls: list[_Call], fidelity: str, states: dict) -
     zeros: dict[tuple, ir.Value] = {}
     for call in calls:
         bias = call.bias if call.bias is not None else _zero_bias(graph, call.weight, zeros)
-        op_type, inputs = NAME, [call.x, call.weight, bias]
+        overload, inputs = "", [call.x, call.weight, bias]
         attrs: list[ir.Attr] = []
         if fidelity in CROSSBAR:
             scale, levels, _ = call.state
             state = states[call.config["op"]]
-            op_type, values = crossbar_call(state.config, fidelity, state.levels.shape[0], state.adc_range)
+            overload, values = crossbar_call(state.config, fidelity, state.levels.shape[0], state.adc_range)
             inputs = [call.x, levels, scale, bias]
             for value in (levels, scale):  # the exporter dropped them while nothing read them
                 if value.name not in graph.initializers:
@@ -247,7 +247,8 @@ def _outline(model: ir.Model, calls: list[_Call], fidelity: str, states: dict) -
             model.functions.setdefault(func.identifier(), func)
         elif fidelity != "exact":
             attrs = [ir.AttrFloat32(k, v) for k, v in _quant_attrs(call.config, call.x).items()]
-        node = ir.Node(DOMAIN, op_type, inputs, attributes=attrs, num_outputs=1, name=f"cim/{call.config['op']}")
+        node = ir.Node(DOMAIN, NAME, inputs, attributes=attrs, overload=overload, num_outputs=1,
+                       name=f"cim/{call.config['op']}")
         out = node.outputs[0]
         out.dtype, out.shape = call.y.dtype, call.y.shape
         graph.insert_before(call.y.producer(), node)

@@ -11,10 +11,12 @@ Each body reproduces `targets/simulator.py` for one fidelity with standard ONNX 
 `weight` is the programmed effective weight `[N, K]` as the simulator multiplies by it;
 `qmax` and `tiny` are attributes of each call so one function serves every op.
 
-The crossbar levels take the programmed levels `[R, rows, S*N]` and the weight scales `[N]`
-instead of the effective weight: `CimLinearAdc(x, levels, scale, bias)` (one bipolar DAC
-cycle: `adc`, or `bit-serial` with `dac_bits >= input_bits`), `CimLinearBitSerial` (two-phase
-inputs) and `CimLinearBitSerial2c` (two's-complement inputs). Their body follows
+The crossbar levels call `CimLinear(x, levels, scale, bias)`, an overload (ONNX IR 10
+function overloads, `node.overload`) that takes the programmed levels `[R, rows, S*N]` and
+the weight scales `[N]` instead of the effective weight: overload `adc` (one bipolar DAC
+cycle: fidelity `adc`, or `bit-serial` with `dac_bits >= input_bits`), `bit-serial`
+(two-phase inputs) and `bit-serial-twos-complement`. Every mapped op thus stays one
+`nvcc_pt.CimLinear` call whatever the fidelity. Their body follows
 `simulator._crossbar` step by step: quantize the input per token; split it into DAC planes
 `[T, B, K]` with place values `[T]`; pad K to whole row tiles and reshape to
 `[R, T*B, rows]`; one batched MatMul against the levels gives every partial sum of every
@@ -62,9 +64,8 @@ def cim_linear_quantized(x, weight, bias, qmax: float, tiny: float):
 BODIES = {"exact": cim_linear_exact, "quantized": cim_linear_quantized, "noisy": cim_linear_quantized}
 
 
-CROSSBAR_NAMES = {"one-cycle": "CimLinearAdc", "two-phase": "CimLinearBitSerial",
-                  "twos-complement": "CimLinearBitSerial2c"}
-"""Function name per input encoding of the crossbar levels."""
+CROSSBAR_OVERLOADS = {"one-cycle": "adc", "two-phase": "bit-serial", "twos-complement": "bit-serial-twos-complement"}
+"""`CimLinear` overload per input encoding of the crossbar levels."""
 
 
 def function_for(fidelity: str, onnx_opset: int) -> ir.Function:
@@ -86,13 +87,13 @@ def input_encoding(cfg: dict, fidelity: str) -> str:
 
 
 def crossbar_call(cfg: dict, fidelity: str, tiles: int, adc_range: torch.Tensor) -> tuple[str, dict]:
-    """The function name and the attributes of one op's call at a crossbar fidelity.
+    """The `CimLinear` overload and the attributes of one op's call at a crossbar fidelity.
 
     `tiles` is the op's row-tile count and `adc_range` its `CimState.adc_range` (empty: full scale).
     """
     bit_serial = fidelity == "bit-serial"
     encoding = input_encoding(cfg, fidelity)
-    if encoding not in CROSSBAR_NAMES:
+    if encoding not in CROSSBAR_OVERLOADS:
         raise ValueError(f"op {cfg['op']!r}: unknown input_encoding {encoding!r}")
     lo, step = _adc_grid(cfg, adc_range.detach().cpu(), bit_serial)
     place_t = input_planes(torch.zeros(1, 1), cfg, bit_serial)[1]
@@ -109,7 +110,7 @@ def crossbar_call(cfg: dict, fidelity: str, tiles: int, adc_range: torch.Tensor)
         attrs.update(shifts=place_t[: len(place_t) // 2].tolist(), base=float(2 ** cfg["dac_bits"]))
     elif encoding == "twos-complement":
         attrs.update(shifts=place_t[:-1].tolist(), base=float(2 ** cfg["dac_bits"]), wrap=float(-place_t[-1]))
-    return CROSSBAR_NAMES[encoding], attrs
+    return CROSSBAR_OVERLOADS[encoding], attrs
 
 
 class _Body:
@@ -160,7 +161,7 @@ def _planes(b: _Body, xi: str, encoding: str) -> tuple[str, str]:
 
 
 def crossbar_function(encoding: str, onnx_opset: int) -> ir.Function:
-    """`nvcc_pt.CimLinearAdc` (or a bit-serial variant) `(x, levels, scale, bias) -> y`; see the module docstring."""
+    """The `nvcc_pt.CimLinear` overload of `encoding`, `(x, levels, scale, bias) -> y`; see the module docstring."""
     b = _Body()
     k = b("Shape", "x", start=-1)
     flat = b("Reshape", b("Cast", "x", to=TensorProto.FLOAT), b("Concat", b.ints(-1), k, axis=0))
@@ -190,6 +191,7 @@ def crossbar_function(encoding: str, onnx_opset: int) -> ir.Function:
     y = b("CastLike", b("Mul", b("Mul", y, sx), "scale"), "x")
     y = b("Reshape", y, b("Concat", b("Shape", "x", end=-1), b("Shape", "scale"), axis=0))
     b.nodes.append(helper.make_node("Add", [y, "bias"], ["y"]))
-    proto = helper.make_function(DOMAIN, CROSSBAR_NAMES[encoding], ["x", "levels", "scale", "bias"], ["y"], b.nodes,
+    proto = helper.make_function(DOMAIN, NAME, ["x", "levels", "scale", "bias"], ["y"], b.nodes,
                                  [helper.make_opsetid("", onnx_opset)], attributes=sorted(set(b.refs)))
+    proto.overload = CROSSBAR_OVERLOADS[encoding]
     return ir.serde.deserialize_function(proto)
