@@ -58,7 +58,7 @@ class _HeadInput(torch.fx.Interpreter):
 
 
 FLIP_TOKENS = 50
-FLIP_STEPS = 4
+FLIP_STEPS = 8  # one input-rounding flip of a gate op was measured at 4.3 head steps
 
 
 def head_step(cm, *args) -> float:
@@ -245,13 +245,10 @@ def test_unsupported_fidelity(llama_cm, tmp_path, monkeypatch):
     assert leftovers(tmp_path) == []
 
 
-def test_crossbar_fidelities_name_the_supported_levels(llama_cm, tmp_path):
-    for fidelity in ("adc", "bit-serial"):
-        if fidelity in onnx_export.SUPPORTED_FIDELITIES:
-            continue
-        cm = nvcc_pt.CompiledModel(dataclasses.replace(llama_cm.plan, fidelity=fidelity), llama_cm.report)
-        with pytest.raises(ExportError, match=rf"{fidelity}.*'exact', 'quantized', 'noisy'"):
-            cm.export_onnx(tmp_path / "m.onnx")
+def test_an_unsupported_fidelity_names_the_supported_levels(llama_cm, tmp_path):
+    cm = nvcc_pt.CompiledModel(dataclasses.replace(llama_cm.plan, fidelity="analog-ideal"), llama_cm.report)
+    with pytest.raises(ExportError, match=r"analog-ideal.*'exact', 'quantized', 'noisy', 'adc', 'bit-serial'"):
+        cm.export_onnx(tmp_path / "m.onnx")
     assert leftovers(tmp_path) == []
 
 
