@@ -6,7 +6,7 @@
 3. Save it as a Hugging Face checkpoint directory and run the NVCiM-PT harness on it (the same call
    runs on a real checkpoint with real LaMP files: `nvcc-pt nvcimpt eval --model DIR ...`).
 
-    python examples/nvcimpt_demo.py --out nvcimpt_demo/
+    python examples/nvcimpt_demo.py --out out/nvcimpt_demo/
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     from nvcc_pt.prompt.synthetic import SyntheticWorld
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="nvcimpt_demo")
+    ap.add_argument("--out", default="out/nvcimpt_demo")
     ap.add_argument("--lm-steps", type=int, default=500)
     ap.add_argument("--ovt-steps", type=int, default=80)
     ap.add_argument("--instances", type=int, default=3)

@@ -152,7 +152,15 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, *, soft_promp
         if ids.shape[0] < 2 or ids.shape[1] < 2:
             # torch.export specializes sizes 0 and 1; trace with 2 so batch and sequence stay dynamic.
             ids = ids.repeat(2 if ids.shape[0] < 2 else 1, 2 if ids.shape[1] < 2 else 1)
-        seq = {0: Dim("batch", min=1, max=65536), 1: Dim("seq", min=1, max=131072)}
+        # The sequence bound is the model's own context (less the virtual tokens), so positional
+        # tables never have to guard against longer inputs.
+        context = int(getattr(base.config, "max_position_embeddings", None) or 131072)
+        n_virtual = prompt.shape[0] if prompt is not None else 0
+        max_seq = max(context - n_virtual, 2)
+        if ids.shape[1] > max_seq:
+            raise InputError(f"example input_ids have {ids.shape[1]} tokens; {name} takes at most {max_seq} "
+                             f"(context {context}, {n_virtual} virtual tokens)")
+        seq = {0: Dim("batch", min=1, max=65536), 1: Dim("seq", min=1, max=max_seq)}
         if prompt is None:
             wrapper, args, dynamic = _CausalLM(base), (ids,), {"input_ids": seq}
             specs = (InputSpec("input_ids", "int64", (None, None)),)
