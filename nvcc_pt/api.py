@@ -153,6 +153,7 @@ class CompiledModel:
             raise DeviceError("CUDA was asked for but torch.cuda.is_available() is False on this machine; "
                               "use cm.to('cpu') or run where a CUDA GPU and a CUDA build of torch are present")
         self.graph_module.to(device)
+        _retarget_devices(self.graph_module, device)
         for _, state in self.plan.states():
             state.source = state.source.to(device)
         if self.soft_prompt is not None:
@@ -180,6 +181,29 @@ class CompiledModel:
         t = self.report.totals
         return (f"CompiledModel({self.plan.capture.model_class} on {self.target.name}, fidelity={self.fidelity!r}, "
                 f"seed={self.seed}, mapped ops={t['mapped_ops']}, arrays={t['arrays']}, chips={t['chips']})")
+
+
+def _retarget_devices(gm: fx.GraphModule, device: torch.device) -> None:
+    """Point ops that create or copy tensors at `device`: capture recorded the device it ran on, and
+    tensor constants the graph reads are plain attributes that `Module.to` does not move."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    swap = lambda a: device if isinstance(a, torch.device) and a != device else a
+    changed = False
+    for node in gm.graph.nodes:
+        args, kwargs = tuple(swap(a) for a in node.args), {k: swap(v) for k, v in node.kwargs.items()}
+        if args != node.args or kwargs != node.kwargs:
+            node.args, node.kwargs = args, kwargs
+            changed = True
+        if node.op == "get_attr":
+            owner, _, name = node.target.rpartition(".")
+            module = gm.get_submodule(owner) if owner else gm
+            value = getattr(module, name)
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.device != device \
+                    and name not in module._buffers:
+                setattr(module, name, value.to(device))
+    if changed:
+        gm.recompile()
 
 
 def _relower(exported, records, target, fidelity, seed, capture_info, results) -> ExecutablePlan:

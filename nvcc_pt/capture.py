@@ -207,10 +207,39 @@ def capture(model: nn.Module, example_inputs: tuple | None = None, *, soft_promp
     return ep, CaptureInfo("module", name, specs)
 
 
+def _as_dynamic(spec: Any) -> Any:
+    """The same dynamic-shapes structure with every named `Dim` replaced by `Dim.DYNAMIC`."""
+    if isinstance(spec, dict):
+        return {k: _as_dynamic(v) for k, v in spec.items()}
+    if isinstance(spec, (list, tuple)):
+        return type(spec)(_as_dynamic(v) for v in spec)
+    return None if spec is None else Dim.DYNAMIC
+
+
+def _specialized_inputs(ep: torch.export.ExportedProgram) -> bool:
+    """True when the first input's batch dimension, always asked to be dynamic, came back constant."""
+    first = ep.graph_signature.user_inputs[0]
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name == first:
+            val = node.meta.get("val")
+            return isinstance(val, torch.Tensor) and val.dim() > 0 and isinstance(val.shape[0], int)
+    return False
+
+
 def _export(wrapper: nn.Module, args: tuple, dynamic: Any, name: str) -> torch.export.ExportedProgram:
     try:
         with torch.no_grad():
-            return torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+            try:
+                return torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+            except Exception as e:
+                if dynamic is None or "Constraints violated" not in str(e):
+                    raise
+                # Some torch versions cannot prove guards that hold for every size in a named range
+                # (e.g. min(64*s, 128*s) == 64*s); unnamed dynamic dims let export keep those guards.
+                ep = torch.export.export(wrapper, args, dynamic_shapes=_as_dynamic(dynamic), strict=False)
+                if _specialized_inputs(ep):
+                    raise  # a dimension asked to be dynamic came back constant: the first error stands
+                return ep
     except Exception as e:  # torch.export raises many unrelated types; all mean "not capturable"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CaptureError(
