@@ -138,3 +138,28 @@ def test_cuda_runs_the_same_numbers(fidelity):
     cpu = cm(x)
     gpu = cm.to("cuda")(x.cuda()).cpu()
     assert (gpu - cpu).abs().max().item() <= 1e-4 * cpu.abs().max().item()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fidelity", ["exact", "noisy", "adc"])
+def test_cuda_runs_a_whole_llm_like_the_cpu(fidelity):
+    from nvcc_pt.models import build_model
+
+    ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0))
+    cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "reram-128x128", fidelity=fidelity, seed=1)
+    with torch.no_grad():
+        cpu = cm(ids)
+        gpu = cm.to("cuda")(ids.cuda()).cpu()
+    assert ((gpu - cpu).norm() / cpu.norm()).item() < 1e-4
+
+
+def test_moving_a_plan_retargets_the_devices_capture_recorded():
+    from nvcc_pt.api import _retarget_devices
+    from nvcc_pt.models import build_model
+
+    cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "reram-128x128", fidelity="exact")
+    recorded = lambda: [a for n in cm.graph_module.graph.nodes for a in (*n.args, *n.kwargs.values())
+                        if isinstance(a, torch.device)]
+    assert recorded() and all(d.type == "cpu" for d in recorded())  # rotary positions are made on the CPU
+    _retarget_devices(cm.graph_module, torch.device("meta"))
+    assert recorded() and all(d.type == "meta" for d in recorded())
