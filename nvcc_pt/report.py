@@ -30,6 +30,8 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
                 "arrays_placed",                # arrays holding weights, copies included
                 "energy_pj", "cim_energy_pj", "digital_energy_pj",   # per token; energy_pj = sum of the rows
                 "energy_breakdown_pj": {component: pJ},              # sum of the rows' breakdowns
+                "other_digital_energy_pj", "other_digital_latency_ns",  # norms, softmax, elementwise ops
+                                                # on the baseline as memory traffic, per token (not in energy_pj)
                 "area_mm2", "chip_area_mm2",    # the mapped ops' area; one full chip
                 "programming_energy_pj",        # writing every mapped weight once, or None
                 "pipeline_latency_ns",          # one token through the pipeline of mapped ops
@@ -171,6 +173,8 @@ def _cost_totals(ops: list[dict[str, Any]], results: dict[str, Any], baseline: s
         "energy_pj": _sig(sum(o["energy_pj"] for o in ops)), "cim_energy_pj": _sig(cim),
         "digital_energy_pj": _sig(sum(o["energy_pj"] for o in ops if not o["mapped"])),
         "energy_breakdown_pj": {k: _sig(v) for k, v in breakdown.items()},
+        "other_digital_energy_pj": _sig(results.get("other_digital_energy_pj", 0.0)),
+        "other_digital_latency_ns": _sig(results.get("other_digital_latency_ns", 0.0)),
         "area_mm2": _sig(sum(o["area_mm2"] for o in ops)), "chip_area_mm2": _sig(results.get("chip_area_mm2", 0.0)),
         "programming_energy_pj": None if None in prog else _sig(sum(prog)),
         "pipeline_latency_ns": _sig(fill), "pipeline_interval_ns": _sig(results.get("pipeline_interval_ns", 0.0)),
@@ -249,7 +253,8 @@ class MappingReport:
                 f"cost per token: {totals['energy_pj'] / 1e3:,.1f} nJ ({totals['cim_energy_pj'] / 1e3:,.1f} nJ on crossbars), "
                 f"area {totals['area_mm2']:.3g} mm2; pipeline {totals['pipeline_latency_ns']:,.0f} ns, bottleneck "
                 f"{totals['bottleneck']}; mapped ops vs {totals['baseline']}: {totals['energy_ratio']:.3g}x less energy, "
-                f"{totals['speedup']:.3g}x the speed")
+                f"{totals['speedup']:.3g}x the speed; other digital ops {totals.get('other_digital_energy_pj', 0) / 1e3:,.1f} nJ, "
+                f"{totals.get('other_digital_latency_ns', 0):,.0f} ns")
         for tie in self._data["params"]["tied"]:
             out.append(f"tied weight {tie['param']} (also {', '.join(tie['aliases'])}): counted once as "
                        f"{tie['counted_as']}, used by {', '.join(tie['used_by'])}")

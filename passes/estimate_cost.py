@@ -20,7 +20,9 @@ The mapped ops run as a pipeline (one stage per dataflow level, `allocate`): a t
 is the sum of the stages' slowest ops, and a new token enters every `max(latency / duplicates)`
 ns, set by the bottleneck op. Digital matrix products are costed on the target's
 `DigitalBaseline`, and each mapped op carries what it would cost there too, so the report can
-state the ratio. Other digital ops (norms, softmax, elementwise) are not costed.
+state the ratio. Every other digital op (norms, softmax, activations, residual adds) is costed on
+the same baseline as memory traffic: its output, per token at the captured shapes, read once and
+written once; that time adds to the token's latency (`other_digital_*` in the results).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import fnmatch
 import math
 from typing import Any
 
+import torch
 from nvcc_pt.targets.costs import READ_COMPONENTS, WRITE_COMPONENTS, costs_for, get_baseline, scaled
 from torch import fx
 
@@ -149,6 +152,32 @@ def digital_macs(node: fx.Node) -> int:
     return int(heads * a[-1] * b[-1])
 
 
+_SHAPE_ONLY = ("getitem", "sym_size", "_assert", "view", "reshape", "unsqueeze", "squeeze", "expand", "transpose",
+               "permute", "slice", "alias", "detach", "_unsafe_view", "t.default", "select", "split")
+
+
+def other_digital_bytes(gm: fx.GraphModule) -> float:
+    """Bytes per token that digital ops other than matrix products read and write (output read once,
+    written once), at the captured shapes divided by the captured tokens. Views and shape ops move nothing."""
+    tokens = None
+    total = 0.0
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        dims = [_hint(d) for d in val.shape]
+        if None in dims:
+            continue
+        if node.op == "placeholder" and tokens is None and dims:
+            # Token ids [batch, seq] count every element; feature inputs [batch, ..., features] all but the last.
+            tokens = max(math.prod(dims if not val.is_floating_point() else dims[:-1] or [1]), 1)
+            continue
+        if node.op != "call_function" or meta.MATMUL in node.meta or any(s in str(node.target) for s in _SHAPE_ONLY):
+            continue
+        total += 2 * math.prod(dims) * val.element_size()
+    return total / (tokens or 1)
+
+
 def digital_cost(node: fx.Node, target) -> CostInfo:
     base = get_baseline(costs_for(target).digital_baseline)
     info: meta.MatmulInfo = node.meta[meta.MATMUL]
@@ -232,11 +261,11 @@ def plan_duplicates(gm: fx.GraphModule, ctx: PassContext) -> dict[str, int]:
 
 # --- the pass ------------------------------------------------------------------------------------------
 
-def pipeline_summary(gm: fx.GraphModule, tokens: int = 1) -> dict[str, Any]:
+def pipeline_summary(gm: fx.GraphModule, tokens: int = 1, other_digital_ns: float = 0.0) -> dict[str, Any]:
     """Pipeline figures from the per-op costs: latency of one token, interval, bottleneck, totals for `tokens`."""
     stage_max: dict[int, float] = {}
     bottleneck, interval = None, 0.0
-    digital_ns = 0.0
+    digital_ns = other_digital_ns
     for node in gm.graph.nodes:
         cost: CostInfo | None = node.meta.get(meta.COST)
         if cost is None:
@@ -268,7 +297,12 @@ def estimate_cost(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
             node.meta[meta.COST] = mapped_cost(node, target, node.meta[meta.PLACEMENT].duplicates)
         else:
             node.meta[meta.COST] = digital_cost(node, target)
-    ctx.results.update(pipeline_summary(gm, tokens))
+    base = get_baseline(costs_for(target).digital_baseline)
+    other = other_digital_bytes(gm)
+    other_ns = base.latency_ns(0, other)
+    ctx.results.update(other_digital_bytes=other, other_digital_energy_pj=base.energy_pj(0, other),
+                       other_digital_latency_ns=other_ns)
+    ctx.results.update(pipeline_summary(gm, tokens, other_ns))
     ctx.results["chip_area_mm2"] = chip_area_mm2(target)
     return PassResult(gm, modified=False)
 

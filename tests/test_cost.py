@@ -175,3 +175,20 @@ def test_bank_search_against_the_digital_baseline():
     assert math.isfinite(cmp["speedup"])
     with pytest.raises(CostModelError, match="no mapped op"):
         compare_with_baseline({"ops": [], "totals": {}})
+
+
+def test_other_digital_ops_are_costed_as_memory_traffic_per_token():
+    class Elementwise(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(64, 64)
+
+        def forward(self, x):
+            return torch.relu(self.lin(x)) * 2  # two digital ops, each 64 floats out per token
+
+    cm = nvcc_pt.compile(Elementwise(), "reram-128x128", example_inputs=(torch.randn(5, 64),), fidelity="exact")
+    results = cm.plan.results
+    assert results["other_digital_bytes"] == 2 * (2 * 64 * 4)  # each output written once and read once
+    totals = cm.report.totals
+    assert totals["other_digital_energy_pj"] > 0 and totals["other_digital_latency_ns"] > 0
+    assert results["latency_ns"] >= results["pipeline_latency_ns"] + results["other_digital_latency_ns"]
