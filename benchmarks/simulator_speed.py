@@ -3,7 +3,9 @@
     python benchmarks/simulator_speed.py                 # CPU: 1024x1024 layer at batch 256, a small Llama
     python benchmarks/simulator_speed.py --device cuda   # adds a 4096x4096 layer at batch 4096
 
-The layer runs on 128x128 arrays with 8-bit weights on 2-bit cells and 8-bit inputs:
+On CPU the simulator's GEMMs run on oneDNN where torch ships it; the layer's JSON then also gives
+each ratio to a oneDNN dense product (`*_ratio_to_onednn`), the simulator's overhead over the same
+GEMM library. The layer runs on 128x128 arrays with 8-bit weights on 2-bit cells and 8-bit inputs:
 `noisy` (ideal ADC), `adc` (8-bit DAC, one 8-bit ADC read per array column), `bit-serial`
 (1-bit DAC, 8-bit ADC every cycle; two's-complement inputs take 8 cycles, two-phase 14).
 Peers on CPU, for orientation: CrossSim 3.2 ~9x (ideal-ADC balanced core) and ~635x (ISAAC-like
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import nvcc_pt
+from nvcc_pt.targets import simulator
 
 CASES = {
     "noisy": ("noisy", {"dac_bits": 8}),
@@ -64,6 +67,13 @@ def bench_layer(k: int, n: int, batch: int, device: torch.device, repeat: int) -
         out["plain_ms"] = min(out.get("plain_ms", math.inf), plain * 1e3)
         out[f"{name}_ms"] = t * 1e3
         out[f"{name}_ratio"] = t / plain
+    if device.type == "cpu" and simulator._ONEDNN:
+        # The simulator's CPU GEMMs run on oneDNN; the same dense product there separates the simulator's own
+        # overhead from the GEMM library's speed over the BLAS behind F.linear.
+        dense, plain = timed(lambda: simulator._linear(x, w, b), lambda: F.linear(x, w, b), device, repeat)
+        out["onednn_plain_ms"] = dense * 1e3
+        for name in CASES:
+            out[f"{name}_ratio_to_onednn"] = out[f"{name}_ms"] / out["onednn_plain_ms"]
     return out
 
 

@@ -35,8 +35,8 @@ def quantize_input_int(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.
     A NaN or infinite entry makes its row's scale non-finite, which is how callers detect bad inputs cheaply.
     """
     qmax = 2 ** (bits - 1) - 1
-    # The inf-norm reads x once without materializing |x|; |x / scale| <= qmax already, so no clamp pass.
-    scale = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).clamp_min_(TINY) / qmax
+    # |x / scale| <= qmax already, so no clamp pass. (abs + amax beats the inf-norm kernel at these sizes.)
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min_(TINY).div_(qmax)
     return torch.div(x, scale).round_(), scale
 
 

@@ -19,15 +19,14 @@ cycle: fidelity `adc`, or `bit-serial` with `dac_bits >= input_bits`), `bit-seri
 `nvcc_pt.CimLinear` call whatever the fidelity. Their body follows
 `simulator._crossbar` step by step: quantize the input per token; split it into DAC planes
 `[T, B, K]` with place values `[T]`; pad K to whole row tiles and reshape to
-`[R, T*B, rows]`; one batched MatMul against the levels gives every partial sum of every
-tile, physical column and cycle; the ADC maps each to `Clip(Round(sum / step - lo / step),
-0, codes_max)`; codes are summed over row tiles, shifted and added over cycles and slices,
-rescaled (`acc * step + lo * R * sum(place_t) * sum(place_s)`), corrected for the offset
-reference column, scaled by the input and weight scales, and the bias is added. The ADC grid
-(full scale or `cm.calibrate`'s range) and the place values are attributes of each call
-(`crossbar_call`), computed with the simulator's own helpers so the constants are the same
-float32 numbers. The simulator skips the clip when no partial sum can leave the range; the
-file always clips, which then changes nothing.
+`[R, T*B, rows]`; one batched MatMul of the inputs in ADC steps against the levels gives
+every partial sum of every tile, physical column and cycle in units of one code; the ADC
+maps each to `Clip(Round(sum), code_lo, code_hi)` on its zero-aligned grid; codes are summed
+over row tiles, shifted and added over cycles and slices, rescaled by `step`, corrected for
+the offset reference column, scaled by the input and weight scales, and the bias is added.
+The ADC grid (full scale or `cm.calibrate`'s range) and the place values are attributes of
+each call (`crossbar_call`), computed with the simulator's own helpers so the constants are
+the same float32 numbers.
 """
 
 from __future__ import annotations
@@ -88,10 +87,10 @@ def input_encoding(cfg: dict, fidelity: str) -> str:
     return "twos-complement" if cfg.get("input_encoding") == "twos-complement" else "two-phase"
 
 
-def crossbar_call(cfg: dict, fidelity: str, tiles: int, adc_range: torch.Tensor) -> tuple[str, dict]:
+def crossbar_call(cfg: dict, fidelity: str, adc_range: torch.Tensor) -> tuple[str, dict]:
     """The `CimLinear` overload and the attributes of one op's call at a crossbar fidelity.
 
-    `tiles` is the op's row-tile count and `adc_range` its `CimState.adc_range` (empty: full scale).
+    `adc_range` is the op's `CimState.adc_range` (empty: full scale).
     """
     bit_serial = fidelity == "bit-serial"
     encoding = input_encoding(cfg, fidelity)
@@ -100,9 +99,7 @@ def crossbar_call(cfg: dict, fidelity: str, tiles: int, adc_range: torch.Tensor)
     place_s = slice_places(cfg["cell_bits"], cfg["slices"])
     attrs = {
         "qmax": float(2 ** (cfg["input_bits"] - 1) - 1), "tiny": float(TINY),
-        "inv_step": 1.0 / step, "offset": -lo / step, "codes_max": float(2 ** cfg["adc_bits"] - 1), "step": step,
-        # the same float32 expression as the simulator's, so the constant is the same number
-        "lo_sum": float(lo * tiles * place_t.sum() * place_s.sum()),
+        "inv_step": 1.0 / step, "step": step, "code_lo": float(lo), "code_hi": float(lo + 2 ** cfg["adc_bits"] - 1),
         "ref": float(2 ** (cfg["weight_bits"] - 1)) if cfg["sign"] == "offset" else 0.0,
         "place_s": place_s.tolist(),
     }
@@ -176,8 +173,8 @@ def crossbar_function(encoding: str, onnx_opset: int) -> ir.Function:
     padded = b("Pad", planes, b("Concat", b.ints(0, 0, 0, 0, 0), pad, axis=0))
     xt = b("Transpose", b("Reshape", padded, b("Concat", b.ints(-1), tile_shape, axis=0)), perm=[1, 0, 2])
     # ADC input in units of one code, then the ADC
-    codes = b("Add", b("Mul", b("MatMul", xt, "levels"), b.ref("inv_step")), b.ref("offset"))
-    codes = b("Clip", b("Round", codes), b("Constant", value_float=0.0), b.ref("codes_max"))
+    codes = b("MatMul", b("Mul", xt, b.ref("inv_step")), "levels")
+    codes = b("Clip", b("Round", codes), b.ref("code_lo"), b.ref("code_hi"))
     # digital: sum over row tiles, shift-and-add over cycles and slices
     summed = b("ReduceSum", codes, b.ints(0), keepdims=0)
     place_s = b.ref("place_s", many=True)
@@ -186,7 +183,7 @@ def crossbar_function(encoding: str, onnx_opset: int) -> ir.Function:
     weighted = b("Mul", b("Mul", grid, b("Reshape", place_t, b.ints(-1, 1, 1, 1))),
                  b("Reshape", place_s, b.ints(-1, 1)))
     acc = b("ReduceSum", weighted, b.ints(0, 2), keepdims=0)
-    y = b("Add", b("Mul", acc, b.ref("step")), b.ref("lo_sum"))
+    y = b("Mul", acc, b.ref("step"))
     y = b("Sub", y, b("Mul", b.ref("ref"), b("ReduceSum", xi, b.ints(-1), keepdims=1)))  # offset reference column
     y = b("CastLike", b("Mul", b("Mul", y, sx), "scale"), "x")
     y = b("Reshape", y, b("Concat", b("Shape", "x", end=-1), b("Shape", "scale"), axis=0))

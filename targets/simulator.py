@@ -57,9 +57,9 @@ from nvcc_pt.ops import FIDELITIES, CimState, parse_config
 
 IMPLEMENTED = FIDELITIES
 CROSSBAR = ("adc", "bit-serial")
-CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}
-"""Memory budget for one chunk's partial sums (bytes) per device type; the batch is processed in chunks under
-it. On CPU a chunk that stays near the last-level cache keeps the elementwise ADC passes cheap."""
+CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
+"""Memory budget (bytes, per device type) for one row tile's partial sums of one batch chunk; the batch is
+processed in chunks under it. On CPU a block that stays in the core's cache keeps the ADC passes cheap."""
 
 _calibration: dict[str, list[float]] | None = None
 
@@ -133,16 +133,81 @@ def _check_finite(scale: torch.Tensor, cfg: dict) -> None:
                          "activations feeding this op (run at fidelity 'exact' to see where they arise)")
 
 
-def _adc_grid(cfg: dict, adc_range: torch.Tensor, bit_serial: bool) -> tuple[float, float]:
-    """(lo, step) of the ADC of one op."""
+def _adc_grid(cfg: dict, adc_range: torch.Tensor, bit_serial: bool) -> tuple[int, float]:
+    """(lowest code, step) of one op's ADC: it reads `clamp(round(v / step), lo, lo + 2^adc_bits - 1)`.
+
+    The grid is aligned on zero (code `c` stands for `c * step`), as a signed ADC's is, so codes are
+    plain integers for the digital shift-and-add. Full scale covers the largest partial sum a row tile
+    can produce with a power-of-two step; a calibrated range `[lo, hi]` sets `step = (hi - lo) / codes`
+    and starts at the code nearest `lo`.
+    """
     codes = 2 ** cfg["adc_bits"] - 1
     if adc_range.numel() == 2:
         lo, hi = adc_range.tolist()
-        return lo, max(hi - lo, 1e-12) / codes
+        step = max(hi - lo, 1e-12) / codes
+        return round(lo / step), step
     dmax, bipolar = digit_max(cfg, bit_serial)
     full = cfg["rows"] * (2 ** cfg["cell_bits"] - 1) * dmax
-    lo = -full if bipolar or cfg["sign"] == "differential" else 0.0
-    return lo, 2.0 ** math.ceil(math.log2((full - lo) / codes))
+    if bipolar or cfg["sign"] == "differential":  # signed codes -2^(b-1) .. 2^(b-1) - 1
+        half = 2 ** (cfg["adc_bits"] - 1)
+        return -half, 2.0 ** math.ceil(math.log2(full / max(half - 1, 1)))
+    return 0, 2.0 ** math.ceil(math.log2(full / codes))
+
+
+def _onednn_linear(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, w_t, None, "none", [], "")
+
+
+def _has_onednn() -> bool:
+    """Whether oneDNN's fp32 GEMM is usable here (it runs AVX-512 kernels where the BLAS behind `torch.mm` may not)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    try:
+        a, b = torch.arange(6.0).view(2, 3), torch.arange(12.0).view(3, 4)
+        return torch.equal(_onednn_linear(a, b.t()), a @ b)
+    except RuntimeError:
+        return False
+
+
+_ONEDNN = _has_onednn()
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear`, through oneDNN on CPU where it is usable."""
+    if not (_ONEDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32):
+        return F.linear(x, weight, bias)
+    y = _onednn_linear(x.reshape(-1, x.shape[-1]), weight)
+    y = y.add_(bias) if bias is not None else y
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+def _tile_product(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """`x @ levels` for one row tile: `[M, rows] @ [rows, S*N]`, a fresh tensor the ADC may overwrite."""
+    if _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32:
+        return _onednn_linear(x, levels.t())
+    return x @ levels
+
+
+def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, inv_step: float, lo: int, hi: int,
+                op: str) -> torch.Tensor:
+    """ADC codes of every row tile summed over tiles: `[T*b, S*N]` for DAC planes `[T, b, K]`.
+
+    One GEMM per row tile; its block of partial sums (sized by `CHUNK_BYTES`) is rounded, clipped and
+    accumulated in place while it is still in cache.
+    """
+    tiles, rows, _ = levels.shape
+    cycles, b, k = planes.shape
+    xt = F.pad(planes * inv_step, (0, tiles * rows - k)).view(cycles * b, tiles, rows)
+    acc = None
+    for r in range(tiles):
+        codes = _tile_product(xt[:, r], levels[r])
+        if _calibration is not None:
+            seen = _calibration.setdefault(op, [math.inf, -math.inf])
+            seen[0] = min(seen[0], codes.min().item() / inv_step)
+            seen[1] = max(seen[1], codes.max().item() / inv_step)
+        codes = codes.round_().clamp_(lo, hi)
+        acc = codes if acc is None else acc.add_(codes)
+    return acc
 
 
 def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_range: torch.Tensor,
@@ -150,7 +215,6 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     """Integer-domain crossbar product of `x` [B, K] -> [B, N] through DAC, arrays, ADCs and shift-and-add."""
     tiles, rows, sn = levels.shape
     slices = cfg["slices"]
-    n = sn // slices
     xi, sx = quantize_input_int(x, cfg["input_bits"])
     _check_finite(sx, cfg)
     read = cfg.get("read_sigma", 0.0) * (2 ** cfg["cell_bits"] - 1)
@@ -158,34 +222,20 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         factor = math.sqrt(2) if cfg["sign"] == "differential" else 1.0
         levels = levels + torch.randn_like(levels) * (read * factor)
     lo, step = _adc_grid(cfg, adc_range, bit_serial)
-    codes_max = float(2 ** cfg["adc_bits"] - 1)
+    hi = lo + 2 ** cfg["adc_bits"] - 1
     place_s = slice_places(cfg["cell_bits"], slices, x.device)
-    batch, k = xi.shape
-    cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
+    planes, place_t = input_planes(xi, cfg, bit_serial)
+    cycles, batch, _ = planes.shape
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
-    chunk = max(1, budget // (4 * tiles * cycles * (sn + rows)))
-    offset = torch.full((1, 1, 1), -lo / step, device=x.device, dtype=levels.dtype)
-    # The ADC clips only if some partial sum can leave its range; a bound from the cells decides (one cheap pass).
-    reach = levels.abs().sum(1).amax().item() * digit_max(cfg, bit_serial)[0]
-    clip = _calibration is not None or -reach < lo or reach > lo + codes_max * step
+    chunk = max(1, budget // (4 * cycles * sn))
     out = []
     for start in range(0, batch, chunk):
-        planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
-        b = planes.shape[1]
-        xt = F.pad(planes, (0, tiles * rows - k)).reshape(cycles * b, tiles, rows).transpose(0, 1)
-        # ADC input in units of one code: (partial sum - lo) / step, fused into the matmul.
-        codes = torch.baddbmm(offset, xt, levels, alpha=1.0 / step)
-        if _calibration is not None:
-            seen = _calibration.setdefault(cfg["op"], [math.inf, -math.inf])
-            seen[0] = min(seen[0], codes.min().item() * step + lo)
-            seen[1] = max(seen[1], codes.max().item() * step + lo)
-        codes = codes.round_()
-        if clip:
-            codes = codes.clamp_(0, codes_max)
-        codes = codes.sum(0).view(cycles, b, slices, n)
-        acc = torch.einsum("tbsn,t,s->bn", codes, place_t, place_s)
-        out.append(acc * step + lo * tiles * place_t.sum() * place_s.sum())
-    y = torch.cat(out) if len(out) > 1 else out[0]
+        acc = _tile_codes(planes[:, start:start + chunk], levels, 1.0 / step, lo, hi, cfg["op"])
+        b = acc.shape[0] // cycles
+        if cycles > 1:  # shift-and-add over input cycles, then over slices
+            acc = torch.mm(place_t[None], acc.view(cycles, b * sn))
+        out.append(torch.matmul(place_s, acc.view(b, slices, sn // slices)))
+    y = (torch.cat(out) if len(out) > 1 else out[0]) * step
     if cfg["sign"] == "offset":  # the reference column, in digital
         y = y - 2 ** (cfg["weight_bits"] - 1) * xi.sum(-1, keepdim=True)
     return y * sx * scale
@@ -215,7 +265,7 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         xi, sx = quantize_input_int(x, cfg["input_bits"])
         _check_finite(sx, cfg)
         w = _read_noise_weight(weight, scale, cfg) if fidelity == "noisy" else weight
-        return F.linear(xi * sx, w, bias)
+        return _linear(xi.mul_(sx), w, bias)
     if fidelity in CROSSBAR:
         if levels.numel() == 0:
             raise FidelityError(f"op {cfg['op']!r} runs at fidelity {fidelity!r} but holds no programmed levels; "

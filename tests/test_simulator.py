@@ -87,12 +87,17 @@ def reference(x, w, b, cfg, programmed, scale, bit_serial, adc: bool, adc_range=
     cycles = ref_cycles(xi, cfg, bit_serial)
     bipolar = not bit_serial or cfg["dac_bits"] >= cfg["input_bits"]
     full = rows * top * (qmax if bipolar else 2 ** cfg["dac_bits"] - 1)
-    if adc_range is not None:
+    codes = 2 ** cfg["adc_bits"] - 1
+    if adc_range is not None:  # a calibrated range, starting at the code nearest its low end
         lo, hi = adc_range
-        step = (hi - lo) / (2 ** cfg["adc_bits"] - 1)
+        step = (hi - lo) / codes
+        lo = round(lo / step) * step
+    elif bipolar or p_count == 2:  # a signed ADC over [-full, full]: codes -2^(b-1) .. 2^(b-1) - 1
+        half = 2 ** (cfg["adc_bits"] - 1)
+        step = 2.0 ** math.ceil(math.log2(full / (half - 1)))
+        lo = -half * step
     else:
-        lo = -full if bipolar or p_count == 2 else 0
-        step = 2.0 ** math.ceil(math.log2((full - lo) / (2 ** cfg["adc_bits"] - 1)))
+        lo, step = 0, 2.0 ** math.ceil(math.log2(full / codes))
     y = torch.zeros(x.shape[0], n_out)
     for r in range(math.ceil(k_in / rows)):
         rs = slice(r * rows, min(k_in, (r + 1) * rows))
@@ -106,7 +111,7 @@ def reference(x, w, b, cfg, programmed, scale, bit_serial, adc: bool, adc_range=
                 if p_count == 2:
                     v = v - current[:, [(n * p_count + 1) * s_count + s for n in range(n_out)]]
                 if adc:
-                    v = lo + torch.round((v - lo) / step).clamp(0, 2 ** cfg["adc_bits"] - 1) * step
+                    v = lo + torch.round((v - lo) / step).clamp(0, codes) * step
                 y += place * 2 ** (cfg["cell_bits"] * s) * v
     if p_count == 1:
         y -= 2 ** (cfg["weight_bits"] - 1) * xi.sum(-1, keepdim=True)
