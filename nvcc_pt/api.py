@@ -18,7 +18,7 @@ from nvcc_pt.pipeline import run_pipeline
 from nvcc_pt.plan import ExecutablePlan, attach_records, collect_records, decode_records, read_plan_dir, save_plan
 from nvcc_pt.report import MappingReport, build_report
 from nvcc_pt.targets import TargetSpec, get_target
-from nvcc_pt.targets.simulator import program_state
+from nvcc_pt.targets.simulator import deferred_checks, program_state
 
 
 def _check_fidelity(fidelity: str) -> str:
@@ -87,7 +87,8 @@ class CompiledModel:
         if any(a.device != device for a in args):
             raise InputError(f"inputs are on {sorted({str(a.device) for a in args})} but the compiled model is on "
                              f"{device}; move them with .to({str(device)!r})")
-        return self.graph_module(*args)
+        with deferred_checks():
+            return self.graph_module(*args)
 
     forward = __call__
 

@@ -127,10 +127,42 @@ def recording_ranges():
         _calibration = previous
 
 
-def _check_finite(scale: torch.Tensor, cfg: dict) -> None:
-    if not bool(torch.isfinite(scale).all()):
-        raise InputError(f"op {cfg['op']!r} received NaN or infinite inputs; check the model's inputs and the "
-                         "activations feeding this op (run at fidelity 'exact' to see where they arise)")
+_deferred: list[tuple[str, torch.Tensor]] | None = None
+
+
+def _nonfinite(op: str) -> InputError:
+    return InputError(f"op {op!r} received NaN or infinite inputs; check the model's inputs and the activations "
+                      "feeding this op (run at fidelity 'exact' to see where they arise)")
+
+
+def _check_finite(values: torch.Tensor, cfg: dict) -> None:
+    """Raise if `values` (an op's input, or its per-token scales, which a bad entry makes non-finite) are not finite.
+
+    Off the CPU, inside `deferred_checks`, the check is queued (one reduction, no device sync) instead.
+    """
+    if _deferred is not None and values.device.type != "cpu":
+        _deferred.append((cfg["op"], values.amax()))  # NaN and inf survive amax
+    elif not bool(torch.isfinite(values).all()):
+        raise _nonfinite(cfg["op"])
+
+
+@contextmanager
+def deferred_checks():
+    """Within the block, ops on a GPU queue their NaN/inf input checks; leaving it checks them all with one sync.
+
+    A device sync per op would stall the GPU's queue; the error still names the first op that saw a bad input.
+    """
+    global _deferred
+    previous, _deferred = _deferred, []
+    try:
+        yield
+        queued = _deferred
+    finally:
+        _deferred = previous
+    if queued:
+        finite = torch.isfinite(torch.stack([v for _, v in queued])).cpu()
+        if not bool(finite.all()):
+            raise _nonfinite(queued[int((~finite).nonzero()[0])][0])
 
 
 def _adc_grid(cfg: dict, adc_range: torch.Tensor, bit_serial: bool) -> tuple[int, float]:
@@ -181,6 +213,20 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
+_FUSED = None
+
+
+def _fused_kernels():
+    """The Triton kernels of `simulator_triton`, or None where Triton is not installed."""
+    global _FUSED
+    if _FUSED is None:
+        try:
+            from nvcc_pt.targets import simulator_triton as _FUSED
+        except ImportError:
+            _FUSED = False
+    return _FUSED or None
+
+
 def _tile_product(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """`x @ levels` for one row tile: `[M, rows] @ [rows, S*N]`, a fresh tensor the ADC may overwrite."""
     if _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32:
@@ -224,17 +270,24 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     lo, step = _adc_grid(cfg, adc_range, bit_serial)
     hi = lo + 2 ** cfg["adc_bits"] - 1
     place_s = slice_places(cfg["cell_bits"], slices, x.device)
-    planes, place_t = input_planes(xi, cfg, bit_serial)
-    cycles, batch, _ = planes.shape
+    cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
-    chunk = max(1, budget // (4 * cycles * sn))
+    fused = _fused_kernels() if x.device.type == "cuda" and _calibration is None else None
+    if fused is not None:  # the fused kernel keeps only each chunk's planes (float16) and per-slice sums
+        hi_lo = fused.split_levels(levels)
+        chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1]))
+    else:
+        chunk = max(1, budget // (4 * cycles * sn))
     out = []
-    for start in range(0, batch, chunk):
-        acc = _tile_codes(planes[:, start:start + chunk], levels, 1.0 / step, lo, hi, cfg["op"])
-        b = acc.shape[0] // cycles
-        if cycles > 1:  # shift-and-add over input cycles, then over slices
-            acc = torch.mm(place_t[None], acc.view(cycles, b * sn))
-        out.append(torch.matmul(place_s, acc.view(b, slices, sn // slices)))
+    for start in range(0, xi.shape[0], chunk):
+        planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
+        if fused is not None:
+            acc = fused.crossbar_codes(planes, *hi_lo, place_t, 1.0 / step, lo, hi)
+        else:
+            acc = _tile_codes(planes, levels, 1.0 / step, lo, hi, cfg["op"])
+            if cycles > 1:  # shift-and-add over input cycles
+                acc = torch.mm(place_t[None], acc.view(cycles, -1))
+        out.append(torch.matmul(place_s, acc.view(-1, slices, sn // slices)))  # and over slices
     y = (torch.cat(out) if len(out) > 1 else out[0]) * step
     if cfg["sign"] == "offset":  # the reference column, in digital
         y = y - 2 ** (cfg["weight_bits"] - 1) * xi.sum(-1, keepdim=True)
@@ -257,8 +310,7 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     cfg = parse_config(config)
     fidelity = cfg["fidelity"]
     if fidelity == "exact":
-        if not bool(torch.isfinite(x).all()):
-            _check_finite(x.new_full((1,), math.nan), cfg)
+        _check_finite(x, cfg)
         return F.linear(x, weight, bias)
     scale, levels, adc_range = state
     if fidelity in ("quantized", "noisy"):

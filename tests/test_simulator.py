@@ -118,16 +118,18 @@ def reference(x, w, b, cfg, programmed, scale, bit_serial, adc: bool, adc_range=
     return y * sx * scale + b
 
 
-def first_layer(cm, model, x, seed, fidelity, adc_range=None):
-    """Fast path output of the first mapped layer and the reference's, for the same programmed cells."""
+def first_layer(cm, model, x, seed, fidelity, adc_range=None, device="cpu"):
+    """Fast path output (run on `device`) of the first mapped layer and the reference's, for the same cells."""
     name, state = cm.plan.states()[0]
     cfg = state.config
     w, b = model[0].weight.detach(), model[0].bias.detach()
     levels, scale = ref_levels(w, cfg)
     if cm.target.sigma > 0:
         levels = program_levels(levels, cm.plan.records[name][meta.NOISE], cfg["cell_bits"], op_generator(seed, 0))
-    fast = torch.ops.nvcc_pt.cim_linear(x, state.weight, model[0].bias, [state.scale, state.levels, state.adc_range],
-                                        state.config_json())
+    on = lambda t: t.to(device)  # noqa: E731
+    fast = torch.ops.nvcc_pt.cim_linear(on(x), on(state.weight), on(model[0].bias),
+                                        [on(state.scale), on(state.levels), on(state.adc_range)], state.config_json())
+    fast = fast.cpu()
     ref = reference(x, w, b, cfg, levels, scale, fidelity == "bit-serial", fidelity in ("adc", "bit-serial"), adc_range)
     return fast, ref
 
@@ -155,6 +157,14 @@ CASES = [
 def test_fast_path_matches_reference(fidelity, changes):
     model, x, cm = _compile(_spec(**changes), fidelity, seed=3)
     fast, ref = first_layer(cm, model, x, 3, fidelity)
+    assert_close(fast, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("fidelity", "changes"), [c for c in CASES if c[0] in ("adc", "bit-serial")])
+def test_cuda_fused_path_matches_reference(fidelity, changes):
+    model, x, cm = _compile(_spec(**changes), fidelity, seed=3)
+    fast, ref = first_layer(cm, model, x, 3, fidelity, device="cuda")
     assert_close(fast, ref)
 
 

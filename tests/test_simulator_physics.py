@@ -131,6 +131,19 @@ def test_non_finite_inputs_name_the_op(fidelity, bad):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fidelity", nvcc_pt.FIDELITIES)
+def test_non_finite_inputs_on_cuda_name_the_op(fidelity):
+    model, x = _linear_model()
+    cm = nvcc_pt.compile(model, target=_spec(), example_inputs=(x,), fidelity=fidelity).to("cuda")
+    x = x.clone().cuda()
+    x[1, 3] = float("nan")
+    with pytest.raises(nvcc_pt.InputError, match=r"op 'linear' received NaN or infinite"):
+        cm(x)
+    x[1, 3] = 0.0
+    assert torch.isfinite(cm(x)).all()  # a failed call leaves nothing queued behind
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("fidelity", ["noisy", "adc", "bit-serial"])
 def test_cuda_runs_the_same_numbers(fidelity):
     model, x = _linear_model()
@@ -141,7 +154,7 @@ def test_cuda_runs_the_same_numbers(fidelity):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("fidelity", ["exact", "noisy", "adc"])
+@pytest.mark.parametrize("fidelity", ["exact", "noisy", "adc", "bit-serial"])
 def test_cuda_runs_a_whole_llm_like_the_cpu(fidelity):
     from nvcc_pt.models import build_model
 
