@@ -1,6 +1,7 @@
 """Simulator speed: each fidelity's time as a ratio to plain PyTorch measured in the same run. Prints JSON.
 
-    python benchmarks/simulator_speed.py                 # CPU: 1024x1024 layer at batch 256, a small Llama
+    python benchmarks/simulator_speed.py                 # CPU: 1024x1024 layer at batch 256, a small Llama,
+                                                         # Monte Carlo one instance per pass against batched
     python benchmarks/simulator_speed.py --device cuda   # adds a 4096x4096 layer at batch 4096
 
 On CPU the simulator's GEMMs run on oneDNN where torch ships it; the layer's JSON then also gives
@@ -22,9 +23,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from nvcc_pt.targets import simulator
 
 import nvcc_pt
-from nvcc_pt.targets import simulator
 
 CASES = {
     "noisy": ("noisy", {"dac_bits": 8}),
@@ -97,12 +98,37 @@ def bench_llama(device: torch.device, repeat: int) -> dict:
     return out
 
 
+def bench_montecarlo(device: torch.device, seeds: int) -> dict:
+    """Seconds per programmed instance of the small Llama at `noisy`, one instance per pass against batched."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=2000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (4, 64), device=device)
+    cm = nvcc_pt.compile(LlamaForCausalLM(config).eval(), target=spec(dac_bits=8), fidelity="noisy").to(device)
+
+    def loss(m):
+        logits = m(ids)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).item()
+
+    out = {"model": "llama h256 i688 L4 vocab2000, noisy", "batch": 4, "seq": 64, "seeds": seeds}
+    for name, per_pass in (("one_per_pass", 1), ("batched", None)):
+        nvcc_pt.montecarlo(cm, loss, seeds=2, progress=False, instances_per_pass=per_pass)  # warm-up
+        start = time.perf_counter()
+        nvcc_pt.montecarlo(cm, loss, seeds=seeds, progress=False, instances_per_pass=per_pass)
+        out[f"{name}_s_per_instance"] = (time.perf_counter() - start) / seeds
+    out["speedup"] = out["one_per_pass_s_per_instance"] / out["batched_s_per_instance"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-llama", action="store_true")
+    parser.add_argument("--seeds", type=int, default=16, help="Monte Carlo instances for the batching benchmark")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,6 +142,7 @@ def main() -> None:
     if not args.no_llama:
         try:
             results["llama"] = bench_llama(device, args.repeat)
+            results["montecarlo"] = bench_montecarlo(device, args.seeds)
         except ImportError as e:
             results["llama"] = f"skipped: {e}"
     print(json.dumps(results, indent=2))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_map
 from tqdm.auto import tqdm
 
 from nvcc_pt.errors import InputError
@@ -37,9 +38,104 @@ class MonteCarloResult:
     """The programming seed of each instance."""
 
 
+class _Diverged(Exception):
+    """A metric called the model differently for another instance: its calls cannot be shared."""
+
+
+class _Instances:
+    """Stands in for `cm` inside the metric while several programmed instances are evaluated at once.
+
+    For the first instance (the leader) every call runs all instances in one forward, the inputs
+    repeated along their leading (batch) dimension, and keeps each instance's share of the output.
+    For the others, the metric runs again and each call returns that instance's share of the
+    leader's call, after checking the inputs are the same ones.
+    """
+
+    def __init__(self, cm, count: int):
+        self._cm, self._count = cm, count
+        self._calls: list[tuple[tuple, dict, list]] = []
+        self._instance, self._next = 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self._cm, name)
+
+    def follow(self, instance: int) -> _Instances:
+        self._instance, self._next = instance, 0
+        return self
+
+    def __call__(self, *args, **kwargs):
+        if self._instance == 0:
+            repeated = tuple(torch.cat([a] * self._count) if isinstance(a, torch.Tensor) else a for a in args)
+            out = self._cm(*repeated, **kwargs)
+            shares = [tree_map(lambda t, i=i: t.chunk(self._count)[i] if isinstance(t, torch.Tensor) else t, out)
+                      for i in range(self._count)]
+            self._calls.append((args, kwargs, shares))
+            return shares[0]
+        if self._next >= len(self._calls) or not _same((args, kwargs), self._calls[self._next][:2]):
+            raise _Diverged
+        self._next += 1
+        return self._calls[self._next - 1][2][self._instance]
+
+    forward = __call__
+
+
+def _same(a, b) -> bool:
+    flat_a, spec_a = tree_flatten(a)
+    flat_b, spec_b = tree_flatten(b)
+    if spec_a != spec_b:
+        return False
+    return all(x is y or (torch.equal(x, y) if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) else x == y)
+               for x, y in zip(flat_a, flat_b))
+
+
+def _instances_per_pass(cm, requested: int | None, seeds: int) -> int:
+    """How many instances one forward evaluates: `requested`, or as many as fit a memory budget (at most 16)."""
+    if requested is not None:
+        if requested < 1:
+            raise InputError(f"montecarlo: instances_per_pass={requested!r} must be at least 1")
+        return min(requested, seeds)
+    if cm.plan.capture.kind == "module" and cm.plan.capture.inputs[0].shape[:1] != (None,):
+        return 1  # no dynamic leading (batch) dimension to fold instances into
+    states = cm.plan.states()
+    per_instance = sum(s.weight.numel() * s.weight.element_size() + s.levels.numel() * 4 for _, s in states)
+    device = cm.device
+    budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else 2**30
+    return max(1, min(16, seeds, budget // max(per_instance, 1)))
+
+
+def _value(metric: Callable, model, seed: int) -> float:
+    value = metric(model)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise InputError(f"metric returned {value!r} for seed {seed}; it must return one finite number")
+    return float(value)
+
+
+def _stack_instances(cm, seeds: list[int]) -> None:
+    """Program every seed and leave each op holding all of them stacked (`CimState`'s instance layout)."""
+    stacks: dict[str, tuple[list, list]] = {}
+    for seed in seeds:
+        for name, state in cm.program(seed).plan.states():
+            weights, levels = stacks.setdefault(name, ([], []))
+            weights.append(state.weight)
+            levels.append(state.levels)
+    for name, state in cm.plan.states():
+        weights, levels = stacks[name]
+        state.weight = torch.stack(weights)
+        state.levels = torch.stack(levels) if levels[0].numel() else levels[0]
+
+
 def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: float = 1.0,
-               higher_is_better: bool = True, progress: bool = True) -> MonteCarloResult:
+               higher_is_better: bool = True, progress: bool = True,
+               instances_per_pass: int | None = None) -> MonteCarloResult:
     """Evaluate `metric(cm)` on `seeds` programmed instances of `cm` and summarize.
+
+    Several instances are evaluated per forward pass where memory allows: each op holds their
+    weights stacked and the model sees its inputs repeated along the batch dimension. A metric
+    that calls the model on the same inputs for every instance (a fixed evaluation set, the usual
+    case) is thus run once per group of instances; one whose calls differ between instances
+    (generation that feeds back its own outputs, say) is detected and evaluated one instance at a time.
 
     Args:
         cm: a `CompiledModel`; it is re-programmed for every seed and restored to its own seed afterwards.
@@ -48,6 +144,8 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
         k: the percentile of the KPP, in percent (Yan et al. use 1).
         higher_is_better: False for metrics such as loss, whose bad tail is the upper one.
         progress: show a tqdm progress bar.
+        instances_per_pass: instances per forward pass; None picks as many as a memory budget allows
+            (a quarter of free GPU memory, or 1 GiB of stacked weights on the CPU), at most 16; 1 turns batching off.
 
     Example:
         >>> res = nvcc_pt.montecarlo(cm, lambda m: accuracy(m, batch), seeds=200, k=1)
@@ -58,18 +156,28 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
         raise InputError(f"montecarlo needs at least one seed, got seeds={seeds!r}")
     if not 0 <= k <= 100:
         raise InputError(f"montecarlo: k={k!r} is a percentile and must lie in [0, 100]")
+    per_pass = _instances_per_pass(cm, instances_per_pass, len(seed_list))
     own_seed = cm.seed
-    values = []
+    values: list[float] = []
+    bar = tqdm(total=len(seed_list), desc="Monte Carlo", unit="chip", disable=not progress)
     try:
         with torch.no_grad():
-            for seed in tqdm(seed_list, desc="Monte Carlo", unit="chip", disable=not progress):
-                value = metric(cm.program(seed))
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    value = value.item()
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                    raise InputError(f"metric returned {value!r} for seed {seed}; it must return one finite number")
-                values.append(float(value))
+            while len(values) < len(seed_list):
+                group = seed_list[len(values):len(values) + per_pass]
+                if len(group) > 1:
+                    _stack_instances(cm, group)
+                    shared = _Instances(cm, len(group))
+                    try:
+                        found = [_value(metric, shared.follow(i), seed) for i, seed in enumerate(group)]
+                    except _Diverged:
+                        per_pass = 1  # this metric's calls depend on the instance: one at a time from here
+                        continue
+                else:
+                    found = [_value(metric, cm.program(group[0]), group[0])]
+                values.extend(found)
+                bar.update(len(found))
     finally:
+        bar.close()
         cm.program(own_seed)
     v = torch.tensor(values, dtype=torch.float64)
     q = k / 100 if higher_is_better else 1 - k / 100

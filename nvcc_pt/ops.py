@@ -27,7 +27,7 @@ torch.library.define(
 
 @torch.library.register_fake("nvcc_pt::cim_linear")
 def _cim_linear_shape(x, weight, bias, state, config):
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+    return x.new_empty((*x.shape[:-1], weight.shape[-2]))
 
 
 def _setup_context(ctx, inputs, output):
@@ -40,7 +40,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     (weight,) = ctx.saved_tensors
     # Straight-through: quantizers and ADCs pass the gradient as if they were the identity.
-    grad_x = grad @ weight.to(grad.dtype)
+    if weight.dim() == 3:  # stacked instances, folded into the leading dimension (see `CimState`)
+        grad_x = (grad.reshape(weight.shape[0], -1, grad.shape[-1]) @ weight.to(grad.dtype)).reshape(ctx.x_shape)
+    else:
+        grad_x = grad @ weight.to(grad.dtype)
     grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
     return grad_x, None, grad_b, None, None
 
@@ -58,6 +61,10 @@ class CimState(nn.Module):
 
     `source` is the original float weight `[N, K]` (a view, not saved); `weight` the effective
     weight the fast paths multiply by; `STATE` names what the crossbar-level paths need.
+
+    `nvcc_pt.montecarlo` may stack several programmed instances: `weight` `[I, N, K]` and
+    `levels` `[I, ...]`. The op then reads the leading dimension of its input as I equal
+    blocks, instance-major, and runs block i on instance i.
     """
 
     STATE = ("scale", "levels", "adc_range")

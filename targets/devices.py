@@ -48,10 +48,16 @@ def magnitudes(wq: torch.Tensor, sign: str, weight_bits: int) -> torch.Tensor:
 
 
 def slice_levels(mag: torch.Tensor, cell_bits: int, slices: int) -> torch.Tensor:
-    """Split unsigned integer values into `slices` cell levels, least significant first: `[S, ...]`."""
+    """Split unsigned integer values into `slices` cell levels, least significant first: `[S, ...]`.
+
+    Integer tensors are sliced with shifts and masks (and come back as uint8); float ones arithmetically.
+    """
     base = 2**cell_bits
-    weights = base ** torch.arange(slices, device=mag.device, dtype=mag.dtype)
     shape = (slices,) + (1,) * mag.dim()
+    if not mag.is_floating_point():
+        shifts = cell_bits * torch.arange(slices, device=mag.device, dtype=mag.dtype)
+        return ((mag.unsqueeze(0) >> shifts.view(shape)) & (base - 1)).to(torch.uint8)
+    weights = base ** torch.arange(slices, device=mag.device, dtype=mag.dtype)
     return torch.floor_divide(mag.unsqueeze(0), weights.view(shape)) % base
 
 
@@ -60,11 +66,22 @@ def slice_places(cell_bits: int, slices: int, device=None) -> torch.Tensor:
     return (2.0**cell_bits) ** torch.arange(slices, device=device, dtype=torch.float32)
 
 
-def target_levels(source: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ideal cell levels `[P, S, N, K]` of a weight `[N, K]`, and its per-channel scale `[N]`."""
+def weight_codes(source: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_weight` of a weight `[N, K]` as integer codes (what the cells store), and the scale `[N]`."""
     wq, scale = quantize_weight(source.float(), cfg["weight_bits"])
-    levels = slice_levels(magnitudes(wq, cfg["sign"], cfg["weight_bits"]), cfg["cell_bits"], cfg["slices"])
-    return levels.transpose(0, 1).contiguous(), scale
+    return wq.to(torch.int16 if cfg["weight_bits"] <= 16 else torch.int32), scale
+
+
+def levels_of(codes: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """Ideal cell levels `[P, S, N, K]` (uint8) of integer weight codes `[N, K]`."""
+    mag = magnitudes(codes.to(torch.int32) if cfg["weight_bits"] > 15 else codes, cfg["sign"], cfg["weight_bits"])
+    return slice_levels(mag, cfg["cell_bits"], cfg["slices"]).transpose(0, 1).contiguous()
+
+
+def target_levels(source: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ideal cell levels `[P, S, N, K]` (uint8) of a weight `[N, K]`, and its per-channel scale `[N]`."""
+    codes, scale = weight_codes(source, cfg)
+    return levels_of(codes, cfg), scale
 
 
 def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, generator: torch.Generator,
@@ -78,10 +95,10 @@ def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, gener
     (variation, drift, faults), so a seed gives the same cells on every device.
     """
     top = 2**cell_bits - 1
-    cpu = levels.detach().cpu().float()
+    cpu = levels.detach().cpu()
     sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32) * top
     z = torch.randn(cpu.shape, generator=generator, dtype=torch.float32)
-    programmed = cpu + sigmas[cpu.long()] * z
+    programmed = torch.take(sigmas, cpu.long()).mul_(z).add_(cpu)
     if noise.drift_nu > 0 and time_s is not None and time_s > drift_t0_s:
         nu = noise.drift_nu * (1 + DRIFT_NU_REL_STD * torch.randn(cpu.shape, generator=generator)).clamp_(min=0)
         programmed = (programmed + g_min_levels) * (time_s / drift_t0_s) ** (-nu) - g_min_levels

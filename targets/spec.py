@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvcc_pt.errors import TargetError
 from nvcc_pt.targets.costs import ComponentCosts
+
+from nvcc_pt.errors import TargetError
 
 SIGN_ENCODINGS = ("differential", "offset")
 ADC_RANGES = ("full-scale", "calibrated")

@@ -56,3 +56,46 @@ def test_bad_arguments(setup):
     with pytest.raises(nvcc_pt.InputError, match="one finite number"):
         nvcc_pt.montecarlo(cm, lambda m: m(x), seeds=2, progress=False)
     assert cm.seed == 7
+
+
+def _sequential_and_batched(cm, metric, seeds, per_pass):
+    one = nvcc_pt.montecarlo(cm, metric, seeds=seeds, progress=False, instances_per_pass=1)
+    many = nvcc_pt.montecarlo(cm, metric, seeds=seeds, progress=False, instances_per_pass=per_pass)
+    return one, many
+
+
+@pytest.mark.parametrize("fidelity", ["noisy", "adc", "bit-serial"])
+def test_instances_evaluated_together_match_one_at_a_time(setup, fidelity):
+    cm, x, ref = setup
+    cm = cm.with_fidelity(fidelity)
+    two_calls = lambda m: _error(x, ref)(m) + _error(x[:3], ref[:3])(m)  # noqa: E731
+    one, many = _sequential_and_batched(cm, two_calls, 7, 3)  # groups of 3, 3 and 1
+    assert many.values == pytest.approx(one.values, rel=1e-5) and len(set(many.values)) == 7
+    assert cm.seed == 7 and cm.plan.states()[0][1].weight.dim() == 2  # left programmed as it was
+
+
+def test_a_metric_whose_calls_differ_per_instance_is_run_one_at_a_time(setup):
+    cm, x, ref = setup
+    calls = []
+
+    def feeds_back(m):  # the second call's input depends on this instance's first output
+        calls.append(1)
+        return m(torch.nn.functional.pad(m(x), (0, K - 29))).norm().item()
+
+    one, many = _sequential_and_batched(cm, feeds_back, 5, 5)
+    assert many.values == pytest.approx(one.values, rel=1e-5)
+    assert len(calls) == 5 + 2 + 5  # sequential; then the leader, one diverging follower, and the 5 again
+
+
+def test_instances_of_a_whole_llm_share_forward_passes():
+    from nvcc_pt.models import build_model
+
+    ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0))
+    cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "rram1-128x128", fidelity="noisy", seed=1)
+    logits = cm(ids)
+    loss = lambda m: torch.nn.functional.cross_entropy(m(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).item()  # noqa: E731
+    one, many = _sequential_and_batched(cm, loss, 4, 4)
+    assert many.values == pytest.approx(one.values, rel=1e-5) and len(set(many.values)) == 4
+    assert torch.equal(cm(ids), logits)
+    with pytest.raises(nvcc_pt.InputError, match="instances_per_pass"):
+        nvcc_pt.montecarlo(cm, loss, seeds=2, instances_per_pass=0)
