@@ -124,6 +124,7 @@ def _stack_instances(cm, seeds: list[int]) -> None:
         weights, levels = stacks[name]
         state.weight = torch.stack(weights)
         state.levels = torch.stack(levels) if levels[0].numel() else levels[0]
+    cm._state_replaced()
 
 
 def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: float = 1.0,

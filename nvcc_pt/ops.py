@@ -77,5 +77,13 @@ class CimState(nn.Module):
             self.register_buffer(name, torch.empty(0, device=source.device))
         self.config = dict(config)
 
+    def _apply(self, fn, recurse=True):
+        # The ADC range is two numbers the host reads on every call: it stays on the CPU, so reading it costs no
+        # device sync (and a CUDA graph can capture the op).
+        adc_range = self.adc_range
+        super()._apply(fn, recurse)
+        self.adc_range = adc_range
+        return self
+
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)

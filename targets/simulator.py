@@ -38,6 +38,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from nvcc_pt.targets.devices import (
+    TINY,
     digit_max,
     input_planes,
     levels_of,
@@ -63,6 +64,18 @@ CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
 processed in chunks under it. On CPU a block that stays in the core's cache keeps the ADC passes cheap."""
 
 _calibration: dict[str, list[float]] | None = None
+
+
+def _quantize(x: torch.Tensor, bits: int, dequantize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`quantize_input_int` (codes, or codes times scale if `dequantize`) and the per-token scale.
+
+    On CUDA one fused kernel reads `x` once; elsewhere, or for rows too long for it, the torch ops.
+    """
+    fused = _fused_kernels() if x.device.type == "cuda" and x.dtype == torch.float32 else None
+    if fused is not None and x.dim() == 2 and x.shape[-1] <= fused.MAX_QUANTIZE_ROW and x.is_contiguous():
+        return fused.quantize_rows(x, 2 ** (bits - 1) - 1, TINY, dequantize)
+    xi, scale = quantize_input_int(x, bits)
+    return (xi.mul_(scale) if dequantize else xi), scale
 
 
 def quantize_input(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -130,6 +143,11 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         state.levels = crossbar_levels(programmed, cfg)
 
 
+def recording() -> bool:
+    """Whether a `recording_ranges` block is open (calls must then run eagerly)."""
+    return _calibration is not None
+
+
 @contextmanager
 def recording_ranges():
     """Within the block, crossbar paths record each op's partial-sum range: yields {op: [min, max]}."""
@@ -144,7 +162,7 @@ def recording_ranges():
 _deferred: list[tuple[str, torch.Tensor]] | None = None
 
 
-def _nonfinite(op: str) -> InputError:
+def nonfinite_error(op: str) -> InputError:
     return InputError(f"op {op!r} received NaN or infinite inputs; check the model's inputs and the activations "
                       "feeding this op (run at fidelity 'exact' to see where they arise)")
 
@@ -157,7 +175,32 @@ def _check_finite(values: torch.Tensor, cfg: dict) -> None:
     if _deferred is not None and values.device.type != "cpu":
         _deferred.append((cfg["op"], values.amax()))  # NaN and inf survive amax
     elif not bool(torch.isfinite(values).all()):
-        raise _nonfinite(cfg["op"])
+        raise nonfinite_error(cfg["op"])
+
+
+@contextmanager
+def queued_checks():
+    """Within the block, ops off the CPU queue their NaN/inf input checks: yields the queue, `[(op, value)]`."""
+    global _deferred
+    previous, _deferred = _deferred, []
+    try:
+        yield _deferred
+    finally:
+        _deferred = previous
+
+
+def finite_flags(queued: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
+    """One flag per queued check, on the device: whether that op's input was finite."""
+    return torch.isfinite(torch.stack([v for _, v in queued])) if queued else None
+
+
+def raise_if_nonfinite(queued: list[tuple[str, torch.Tensor]]) -> None:
+    """Read the queued checks with one device sync; the error names the first op that saw a bad input."""
+    flags = finite_flags(queued)
+    if flags is not None:
+        flags = flags.cpu()
+        if not bool(flags.all()):
+            raise nonfinite_error(queued[int((~flags).nonzero()[0])][0])
 
 
 @contextmanager
@@ -166,17 +209,9 @@ def deferred_checks():
 
     A device sync per op would stall the GPU's queue; the error still names the first op that saw a bad input.
     """
-    global _deferred
-    previous, _deferred = _deferred, []
-    try:
+    with queued_checks() as queued:
         yield
-        queued = _deferred
-    finally:
-        _deferred = previous
-    if queued:
-        finite = torch.isfinite(torch.stack([v for _, v in queued])).cpu()
-        if not bool(finite.all()):
-            raise _nonfinite(queued[int((~finite).nonzero()[0])][0])
+    raise_if_nonfinite(queued)
 
 
 def _adc_grid(cfg: dict, adc_range: torch.Tensor, bit_serial: bool) -> tuple[int, float]:
@@ -275,7 +310,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     """Integer-domain crossbar product of `x` [B, K] -> [B, N] through DAC, arrays, ADCs and shift-and-add."""
     tiles, rows, sn = levels.shape
     slices = cfg["slices"]
-    xi, sx = quantize_input_int(x, cfg["input_bits"])
+    xi, sx = _quantize(x, cfg["input_bits"], dequantize=False)
     _check_finite(sx, cfg)
     read = cfg.get("read_sigma", 0.0) * (2 ** cfg["cell_bits"] - 1)
     if read > 0:  # fresh read noise per call; a differential pair reads two independent cells
@@ -356,10 +391,10 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         return F.linear(x, weight, bias)
     scale, levels, adc_range = state
     if fidelity in ("quantized", "noisy"):
-        xi, sx = quantize_input_int(x, cfg["input_bits"])
+        xq, sx = _quantize(x.reshape(-1, x.shape[-1]), cfg["input_bits"], dequantize=True)
         _check_finite(sx, cfg)
         w = _read_noise_weight(weight, scale, cfg) if fidelity == "noisy" else weight
-        return _linear(xi.mul_(sx), w, bias)
+        return _linear(xq.view(x.shape), w, bias)
     if fidelity in CROSSBAR:
         if levels.numel() == 0:
             raise FidelityError(f"op {cfg['op']!r} runs at fidelity {fidelity!r} but holds no programmed levels; "

@@ -78,3 +78,37 @@ def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, pla
     _crossbar_kernel[grid](p, hi, lo, place_t.float().contiguous(), y, batch, k, sn, cycles, tiles, rows,
                            float(inv_step), float(code_lo), float(code_hi), BK=bk)
     return y
+
+
+@triton.jit
+def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, K, qmax, tiny, DEQUANTIZE: tl.constexpr, BLOCK: tl.constexpr):
+    """One row per program: scale = max(|x|, tiny) / qmax, out = rint(x / scale) (times scale if DEQUANTIZE)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < K
+    x = tl.load(x_ptr + row * K + cols, mask=ok, other=0.0)
+    bad = tl.sum((x != x).to(tl.int32), axis=0)  # max() drops NaNs; a NaN must still make the scale NaN
+    scale = libdevice.div_rn(tl.maximum(tl.max(tl.abs(x), axis=0), tiny), qmax)
+    scale = tl.where(bad > 0, float("nan"), scale)
+    q = libdevice.rint(libdevice.div_rn(x, scale))
+    if DEQUANTIZE:
+        q = q * scale
+    tl.store(out_ptr + row * K + cols, q, mask=ok)
+    tl.store(scale_ptr + row, scale)
+
+
+MAX_QUANTIZE_ROW = 16384
+
+
+def quantize_rows(x: torch.Tensor, qmax: float, tiny: float, dequantize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric quantization of a contiguous float32 `[M, K]` in one pass: (codes or values, scale `[M, 1]`).
+
+    The same arithmetic as `devices.quantize_input_int` (correctly rounded division, round half to even).
+    """
+    rows, k = x.shape
+    out = torch.empty_like(x)
+    scale = torch.empty(rows, 1, device=x.device, dtype=x.dtype)
+    block = triton.next_power_of_2(k)
+    _quantize_rows_kernel[(rows,)](x, out, scale, k, float(qmax), float(tiny), DEQUANTIZE=dequantize, BLOCK=block,
+                                   num_warps=min(16, max(1, block // 512)))
+    return out, scale

@@ -176,3 +176,41 @@ def test_moving_a_plan_retargets_the_devices_capture_recorded():
     assert recorded() and all(d.type == "cpu" for d in recorded())  # rotary positions are made on the CPU
     _retarget_devices(cm.graph_module, torch.device("meta"))
     assert recorded() and all(d.type == "meta" for d in recorded())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fidelity", ["noisy", "adc", "bit-serial"])
+def test_cuda_graph_replays_match_eager_calls(fidelity):
+    from nvcc_pt.models import build_model
+
+    ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0)).cuda()
+    cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "reram-128x128", fidelity=fidelity, seed=1).to("cuda")
+    with torch.no_grad():
+        replayed = [cm(ids), cm(ids), cm(ids)][1:]  # the first call runs eagerly, the second records
+        assert len(cm._graphs) == 1 and torch.equal(replayed[0], replayed[1])
+        cm.cuda_graphs = False
+        eager = cm(ids)
+        cm.program(2)
+        eager2 = cm(ids)
+        cm.cuda_graphs = True
+        replayed2 = [cm(ids), cm(ids)][1]  # re-programmed state: recorded anew
+    assert ((replayed[0] - eager).norm() / eager.norm()).item() < 1e-6
+    assert ((replayed2 - eager2).norm() / eager2.norm()).item() < 1e-6
+    assert not torch.equal(eager, eager2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replays_check_inputs_and_draw_fresh_read_noise():
+    model, x = _linear_model()
+    cm = nvcc_pt.compile(model, target=nvcc_pt.get_target("pcm-128x128"), example_inputs=(x,), fidelity="adc")
+    cm.to("cuda")
+    x = x.cuda()
+    with torch.no_grad():
+        _, first, second = cm(x), cm(x), cm(x)
+        assert len(cm._graphs) == 1
+        assert not torch.equal(first, second)  # read noise is drawn on every replay
+        bad = x.clone()
+        bad[0, 0] = float("inf")
+        with pytest.raises(nvcc_pt.InputError, match=r"op 'linear' received NaN or infinite"):
+            cm(bad)
+        assert torch.isfinite(cm(x)).all()

@@ -1,0 +1,85 @@
+"""Replaying a compiled model's forward from CUDA graphs.
+
+A forward of a small model on a GPU is bound by the host: hundreds of kernel launches, each a
+few microseconds of Python and driver work, for kernels that run for less. A CUDA graph
+records the launches once and replays them with one call. `GraphCache` keeps one graph per
+input signature (shapes, dtypes, and the addresses of the programmed state, so re-programming
+or moving the model records anew), with static input buffers the call's inputs are copied into.
+
+The simulator's NaN/inf checks are queued inside the graph (`queued_checks`) and read after each
+replay, so a bad input still raises `InputError` naming the op that saw it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch.utils._pytree import tree_map
+
+from nvcc_pt.targets.simulator import deferred_checks, finite_flags, nonfinite_error, queued_checks
+
+
+def _clone(value):
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+class GraphCache:
+    """CUDA graphs of one forward function, least recently used first out beyond `capacity`.
+
+    A signature is recorded on its second call: a forward run once per programmed instance
+    (Monte Carlo with one call per chip) stays eager instead of paying for a recording each time.
+    """
+
+    def __init__(self, capacity: int = 8):
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple, tuple] = OrderedDict()
+        self._seen: set[tuple] = set()
+
+    def clear(self) -> None:
+        """Forget every graph: the state they read from has moved or been replaced."""
+        self._entries.clear()
+        self._seen.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def run(self, forward: Callable, args: tuple[torch.Tensor, ...], key: tuple):
+        entry = self._entries.get(key)
+        if entry is None:
+            if key not in self._seen:
+                self._seen.add(key)
+                with deferred_checks():
+                    return forward(*args)
+            entry = self._entries[key] = self._record(forward, args)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        graph, inputs, output, ops, flags = entry
+        for buffer, arg in zip(inputs, args):
+            buffer.copy_(arg)
+        graph.replay()
+        result = output.clone() if isinstance(output, torch.Tensor) else tree_map(_clone, output)
+        if ops:
+            torch.cuda.current_stream().synchronize()
+            if not bool(flags.all()):
+                raise nonfinite_error(ops[int((~flags).nonzero()[0])])
+        return result
+
+    @staticmethod
+    def _record(forward: Callable, args: tuple[torch.Tensor, ...]) -> tuple:
+        inputs = [a.clone() for a in args]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), deferred_checks():  # warm-up: lazy initialization, kernel tuning, input checks
+            forward(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with queued_checks() as queued, torch.cuda.graph(graph):
+            output = forward(*inputs)
+            flags = finite_flags(queued)
+            if flags is not None:  # the replay leaves the flags in pinned host memory: no copy op after it
+                host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+                host.copy_(flags, non_blocking=True)
+        return graph, inputs, output, [op for op, _ in queued], host if queued else None
