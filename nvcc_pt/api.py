@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -119,8 +120,15 @@ class CompiledModel:
         time_s = self.plan.results.get("time_s")
         states = self.plan.states()
         records = self.plan.records
-        for i, (name, state) in enumerate(tqdm(states, desc="programming crossbars", disable=len(states) < 64)):
+        def program_one(i: int) -> None:
+            name, state = states[i]
             program_state(state, records[name][meta.NOISE], self.plan.fidelity, seed, i, time_s, self.target.device)
+
+        # Each op draws from its own generator, so ops can be programmed on parallel threads (torch's samplers
+        # are serial and release the GIL) and a seed still gives the same cells.
+        with ThreadPoolExecutor(max(1, min(len(states), torch.get_num_threads()))) as pool:
+            list(tqdm(pool.map(program_one, range(len(states))), total=len(states), desc="programming crossbars",
+                      disable=len(states) < 64))
         self.plan.seed = seed
         self.report._data["seed"] = seed
         self._state_replaced()
