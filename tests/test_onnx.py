@@ -72,15 +72,19 @@ def head_step(cm, *args) -> float:
     return float(x.abs().max()) / (2 ** (cfg["input_bits"] - 1) - 1) * float(w.abs().max())
 
 
-def mismatch(cm, got: np.ndarray, ref: np.ndarray, *args) -> str | None:
-    """None when ORT's `got` matches the simulator's `ref` within the tolerance of the module docstring."""
+def mismatch(cm, got: np.ndarray, ref: np.ndarray, flip_bound: float) -> str | None:
+    """None when ORT's `got` matches the simulator's `ref` within the tolerance of the module docstring.
+
+    Every token agrees within `FLOAT_SLACK` of the output scale, except at most one in `FLIP_TOKENS`
+    (none at `exact`) where a rounding tie fell the other way; those may differ by `flip_bound` more.
+    """
     if got.shape != ref.shape:
         return f"shape {got.shape} != {ref.shape}"
     slack = FLOAT_SLACK * float(np.abs(ref).max())
     per_token = np.abs(got - ref).reshape(-1, ref.shape[-1]).max(-1)
     flipped = int((per_token > slack).sum())
     allowed = 0 if cm.fidelity == "exact" else max(1, per_token.size // FLIP_TOKENS)
-    bound = slack + FLIP_STEPS * head_step(cm, *args)
+    bound = slack + flip_bound
     if flipped > allowed or per_token.max() > bound:
         return (f"{cm.fidelity}: {flipped} of {per_token.size} tokens differ by more than {slack:.3g} (allowed "
                 f"{allowed}); largest difference {per_token.max():.3g} (bound {bound:.3g})")
@@ -96,7 +100,7 @@ def compare(cm, path, shapes=((2, 7), (3, 11))) -> float:
         with torch.no_grad():
             ref = cm(ids).numpy()
         got = sess.run(None, {"input_ids": ids.numpy()})[0]
-        problem = mismatch(cm, got, ref, ids)
+        problem = mismatch(cm, got, ref, FLIP_STEPS * head_step(cm, ids))
         assert problem is None, problem
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
@@ -154,7 +158,7 @@ def test_tolerance_tells_quantized_from_exact(llama_onnx):
     got = session(exact).run(None, {"input_ids": ids.numpy()})[0]
     with torch.no_grad():
         ref = quantized(ids).numpy()
-    assert mismatch(quantized, got, ref, ids) is not None
+    assert mismatch(quantized, got, ref, FLIP_STEPS * head_step(quantized, ids)) is not None
 
 
 def test_noisy_export_follows_the_seed(llama_cm, llama_onnx, tmp_path):
@@ -200,7 +204,7 @@ def test_soft_prompt_stays_an_input(tmp_path):
         with torch.no_grad():
             ref = cm(ids, soft_prompt=p).numpy()
         got = sess.run(None, {"input_ids": ids.numpy(), "soft_prompt": p.numpy()})[0]
-        problem = mismatch(cm, got, ref, ids, p)
+        problem = mismatch(cm, got, ref, FLIP_STEPS * head_step(cm, ids, p))
         assert problem is None, problem
         outs[tag] = (got, ref)
     ort_change = outs["b"][0] - outs["a"][0]
@@ -221,7 +225,7 @@ def test_plain_module_with_bias(tmp_path):
         got = session(path).run(None, {"input_0": xb.numpy()})[0]
         with torch.no_grad():
             ref = cm(xb).numpy()
-        problem = mismatch(cm, got, ref, xb)
+        problem = mismatch(cm, got, ref, FLIP_STEPS * head_step(cm, xb))
         assert problem is None, problem
 
 

@@ -1,6 +1,6 @@
 """ONNX export of the crossbar levels (`adc`, `bit-serial`): onnxruntime against the simulator.
 
-Tolerance (`adc_mismatch`). Both runtimes do the same float32 arithmetic: partial sums of
+Tolerance (`adc_mismatch`, `test_onnx.mismatch`). Both runtimes do the same float32 arithmetic: partial sums of
 programmed levels times integer DAC digits, the ADC's Round/Clip, integer code sums scaled
 by powers of two. They differ only in summation order (`FLOAT_SLACK` of test_onnx.py, about
 1e-7 of the output's scale), and every token must agree within that slack, except that a
@@ -23,7 +23,7 @@ import onnx
 import pytest
 import torch
 from nvcc_pt.targets.simulator import _adc_grid, recording_ranges
-from test_onnx import FLIP_TOKENS, FLOAT_SLACK, _HeadInput, ids_of, session, tiny_llama
+from test_onnx import _HeadInput, ids_of, mismatch, session, tiny_llama
 from torch import nn
 
 import nvcc_pt
@@ -45,19 +45,9 @@ def head_units(cm, *args) -> tuple[float, float]:
 
 
 def adc_mismatch(cm, got: np.ndarray, ref: np.ndarray, *args) -> str | None:
-    """None when ORT's `got` matches the simulator's `ref` within the module docstring's tolerance."""
-    if got.shape != ref.shape:
-        return f"shape {got.shape} != {ref.shape}"
-    slack = FLOAT_SLACK * float(np.abs(ref).max())
-    per_token = np.abs(got - ref).reshape(-1, ref.shape[-1]).max(-1)
-    flipped = int((per_token > slack).sum())
-    allowed = max(1, per_token.size // FLIP_TOKENS)
+    """`test_onnx.mismatch`, a flipped token bounded by input steps plus one ADC code of the head."""
     input_step, code = head_units(cm, *args)
-    bound = slack + FLIP_STEPS * input_step + code
-    if flipped > allowed or per_token.max() > bound:
-        return (f"{cm.fidelity}: {flipped} of {per_token.size} tokens differ by more than {slack:.3g} (allowed "
-                f"{allowed}); largest difference {per_token.max():.3g} (bound {bound:.3g})")
-    return None
+    return mismatch(cm, got, ref, FLIP_STEPS * input_step + code)
 
 
 def check_export(cm, path) -> onnx.ModelProto:
