@@ -108,12 +108,21 @@ class CompiledModel:
         self._graphs.clear()
         self._checked = None
 
-    def program(self, seed: int | None = None, *, time_s: float | None = None) -> CompiledModel:
+    def program(self, seed: int | None = None, *, time_s: float | None = None,
+                draw_on: str | None = None) -> CompiledModel:
         """Re-sample device variation (a new programmed instance of the chip); returns self.
 
         `time_s`: seconds since programming, for devices that drift (PCM); None keeps the last value
         (initially the device's reference time, no drift).
+        `draw_on`: "cpu" (initially) draws the variation on the CPU, so a seed is the same chip on every
+        device; "device" draws it where the model is, far faster on a GPU (Monte Carlo), but a GPU's chip
+        for a seed differs from the CPU's; None keeps the last choice.
         """
+        draw_on = self.plan.results.get("draw_on", "cpu") if draw_on is None else draw_on
+        if draw_on not in ("cpu", "device"):
+            raise InputError(f"program: draw_on={draw_on!r}; choose 'cpu' or 'device'")
+        self.plan.results["draw_on"] = draw_on
+        draw_device = self.device if draw_on == "device" else torch.device("cpu")
         seed = self.plan.seed if seed is None else int(seed)
         if time_s is not None:
             self.plan.results["time_s"] = float(time_s)
@@ -122,7 +131,8 @@ class CompiledModel:
         records = self.plan.records
         def program_one(i: int) -> None:
             name, state = states[i]
-            program_state(state, records[name][meta.NOISE], self.plan.fidelity, seed, i, time_s, self.target.device)
+            program_state(state, records[name][meta.NOISE], self.plan.fidelity, seed, i, time_s, self.target.device,
+                          draw_device)
 
         # Each op draws from its own generator, so ops can be programmed on parallel threads (torch's samplers
         # are serial and release the GIL) and a seed still gives the same cells.

@@ -96,11 +96,11 @@ def _instances_per_pass(cm, requested: int | None, seeds: int) -> int:
         return min(requested, seeds)
     if cm.plan.capture.kind == "module" and cm.plan.capture.inputs[0].shape[:1] != (None,):
         return 1  # no dynamic leading (batch) dimension to fold instances into
-    states = cm.plan.states()
-    per_instance = sum(s.weight.numel() * s.weight.element_size() + s.levels.numel() * 4 for _, s in states)
     device = cm.device
-    budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else 2**30
-    return max(1, min(16, seeds, budget // max(per_instance, 1)))
+    if device.type != "cuda":
+        return 1
+    per_instance = sum(s.weight.numel() * s.weight.element_size() + s.levels.numel() * 4 for _, s in cm.plan.states())
+    return max(1, min(16, seeds, torch.cuda.mem_get_info(device)[0] // 4 // max(per_instance, 1)))
 
 
 def _value(metric: Callable, model, seed: int) -> float:
@@ -112,11 +112,11 @@ def _value(metric: Callable, model, seed: int) -> float:
     return float(value)
 
 
-def _stack_instances(cm, seeds: list[int]) -> None:
+def _stack_instances(cm, seeds: list[int], draw_on: str) -> None:
     """Program every seed and leave each op holding all of them stacked (`CimState`'s instance layout)."""
     stacks: dict[str, tuple[list, list]] = {}
     for seed in seeds:
-        for name, state in cm.program(seed).plan.states():
+        for name, state in cm.program(seed, draw_on=draw_on).plan.states():
             weights, levels = stacks.setdefault(name, ([], []))
             weights.append(state.weight)
             levels.append(state.levels)
@@ -129,10 +129,10 @@ def _stack_instances(cm, seeds: list[int]) -> None:
 
 def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: float = 1.0,
                higher_is_better: bool = True, progress: bool = True,
-               instances_per_pass: int | None = None) -> MonteCarloResult:
+               instances_per_pass: int | None = None, draw_on: str = "cpu") -> MonteCarloResult:
     """Evaluate `metric(cm)` on `seeds` programmed instances of `cm` and summarize.
 
-    Several instances are evaluated per forward pass where memory allows: each op holds their
+    On a GPU, several instances are evaluated per forward pass where memory allows: each op holds their
     weights stacked and the model sees its inputs repeated along the batch dimension. A metric
     that calls the model on the same inputs for every instance (a fixed evaluation set, the usual
     case) is thus run once per group of instances; one whose calls differ between instances
@@ -145,8 +145,11 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
         k: the percentile of the KPP, in percent (Yan et al. use 1).
         higher_is_better: False for metrics such as loss, whose bad tail is the upper one.
         progress: show a tqdm progress bar.
-        instances_per_pass: instances per forward pass; None picks as many as a memory budget allows
-            (a quarter of free GPU memory, or 1 GiB of stacked weights on the CPU), at most 16; 1 turns batching off.
+        instances_per_pass: instances per forward pass; None picks, on a GPU, as many as a quarter of
+            its free memory holds (at most 16), and 1 on the CPU, where a forward over I times the rows costs
+            what I forwards cost; 1 turns batching off.
+        draw_on: where device variation is drawn (`CompiledModel.program`): "device" is far faster on a GPU,
+            where drawing on the CPU can take longer than the forward passes.
 
     Example:
         >>> res = nvcc_pt.montecarlo(cm, lambda m: accuracy(m, batch), seeds=200, k=1)
@@ -157,8 +160,10 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
         raise InputError(f"montecarlo needs at least one seed, got seeds={seeds!r}")
     if not 0 <= k <= 100:
         raise InputError(f"montecarlo: k={k!r} is a percentile and must lie in [0, 100]")
+    if draw_on not in ("cpu", "device"):
+        raise InputError(f"montecarlo: draw_on={draw_on!r}; choose 'cpu' or 'device'")
     per_pass = _instances_per_pass(cm, instances_per_pass, len(seed_list))
-    own_seed = cm.seed
+    own_seed, own_draw = cm.seed, cm.plan.results.get("draw_on", "cpu")
     values: list[float] = []
     bar = tqdm(total=len(seed_list), desc="Monte Carlo", unit="chip", disable=not progress)
     try:
@@ -166,7 +171,7 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
             while len(values) < len(seed_list):
                 group = seed_list[len(values):len(values) + per_pass]
                 if len(group) > 1:
-                    _stack_instances(cm, group)
+                    _stack_instances(cm, group, draw_on)
                     shared = _Instances(cm, len(group))
                     try:
                         found = [_value(metric, shared.follow(i), seed) for i, seed in enumerate(group)]
@@ -174,12 +179,12 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
                         per_pass = 1  # this metric's calls depend on the instance: one at a time from here
                         continue
                 else:
-                    found = [_value(metric, cm.program(group[0]), group[0])]
+                    found = [_value(metric, cm.program(group[0], draw_on=draw_on), group[0])]
                 values.extend(found)
                 bar.update(len(found))
     finally:
         bar.close()
-        cm.program(own_seed)
+        cm.program(own_seed, draw_on=own_draw)
     v = torch.tensor(values, dtype=torch.float64)
     q = k / 100 if higher_is_better else 1 - k / 100
     return MonteCarloResult(mean=v.mean().item(), std=v.std().item() if len(values) > 1 else 0.0,

@@ -92,20 +92,23 @@ def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, gener
     conductance range). Drift (PCM) scales each cell's conductance by `(t/t0)^-nu` with a per-cell `nu`
     (`g_min_levels` is `G_min` in level steps, since drift acts on the whole conductance). Stuck-at faults
     are applied last: a stuck cell neither varies nor drifts. Draws are made on the CPU in a fixed order
-    (variation, drift, faults), so a seed gives the same cells on every device.
+    (variation, drift, faults) on the generator's device: a CPU generator (the default) gives the same
+    cells whatever device the model runs on; a CUDA one draws much faster, a chip of its own.
     """
     top = 2**cell_bits - 1
-    cpu = levels.detach().cpu()
-    sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32) * top
-    z = torch.randn(cpu.shape, generator=generator, dtype=torch.float32)
-    programmed = torch.take(sigmas, cpu.long()).mul_(z).add_(cpu)
+    on = generator.device
+    cells = levels.detach().to(on)
+    sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32, device=on) * top
+    z = torch.randn(cells.shape, generator=generator, dtype=torch.float32, device=on)
+    programmed = torch.take(sigmas, cells.long()).mul_(z).add_(cells)
     if noise.drift_nu > 0 and time_s is not None and time_s > drift_t0_s:
-        nu = noise.drift_nu * (1 + DRIFT_NU_REL_STD * torch.randn(cpu.shape, generator=generator)).clamp_(min=0)
+        nu = torch.randn(cells.shape, generator=generator, device=on)
+        nu = noise.drift_nu * (1 + DRIFT_NU_REL_STD * nu).clamp_(min=0)
         programmed = (programmed + g_min_levels) * (time_s / drift_t0_s) ** (-nu) - g_min_levels
     if noise.stuck_at_gmin or noise.stuck_at_gmax:
-        u = torch.rand(cpu.shape, generator=generator)
-        programmed = torch.where(u < noise.stuck_at_gmin, torch.zeros(()), programmed)
-        programmed = torch.where(u > 1 - noise.stuck_at_gmax, torch.full((), float(top)), programmed)
+        u = torch.rand(cells.shape, generator=generator, device=on)
+        programmed = torch.where(u < noise.stuck_at_gmin, torch.zeros((), device=on), programmed)
+        programmed = torch.where(u > 1 - noise.stuck_at_gmax, torch.full((), float(top), device=on), programmed)
     return programmed.to(levels.device)
 
 

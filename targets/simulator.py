@@ -96,9 +96,9 @@ def quantize_input(x: torch.Tensor, bits: int) -> torch.Tensor:
     return xi * scale
 
 
-def op_generator(seed: int, op_index: int) -> torch.Generator:
+def op_generator(seed: int, op_index: int, device: str | torch.device = "cpu") -> torch.Generator:
     """One generator per (seed, op): an op's draws do not depend on how many ops precede it elsewhere."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + op_index) % (2**63))
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + op_index) % (2**63))
 
 
 def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
@@ -125,11 +125,12 @@ def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tenso
 
 
 def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, op_index: int,
-                  time_s: float | None = None, device_model=None) -> None:
+                  time_s: float | None = None, device_model=None, draw_device: str | torch.device = "cpu") -> None:
     """Fill `state`'s buffers for `fidelity`, drawing device variation from `seed`.
 
     `time_s` is the time since programming (drift, for devices that drift); `device_model` the target's
-    `DeviceModel`, for `G_min` and the drift reference time.
+    `DeviceModel`, for `G_min` and the drift reference time; `draw_device` where the random draws are made
+    (`program_levels`).
     """
     if fidelity not in IMPLEMENTED:
         raise FidelityError(f"fidelity {fidelity!r} is not implemented by the simulator; choose one of {IMPLEMENTED}")
@@ -149,7 +150,8 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     if device_model is not None:
         span = device_model.g_max_us - device_model.g_min_us
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
-    programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index), time_s, g_min, t0)
+    programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index, draw_device), time_s,
+                                g_min, t0)
     state.weight = (read_back(programmed, cfg) * scale[:, None]).to(source.dtype)
     if fidelity in CROSSBAR:
         state.levels = crossbar_levels(programmed, cfg)

@@ -55,6 +55,10 @@ def test_bad_arguments(setup):
         nvcc_pt.montecarlo(cm, _error(x, ref), seeds=2, k=120)
     with pytest.raises(nvcc_pt.InputError, match="one finite number"):
         nvcc_pt.montecarlo(cm, lambda m: m(x), seeds=2, progress=False)
+    with pytest.raises(nvcc_pt.InputError, match="draw_on"):
+        nvcc_pt.montecarlo(cm, _error(x, ref), seeds=2, draw_on="gpu")
+    with pytest.raises(nvcc_pt.InputError, match="draw_on"):
+        cm.program(7, draw_on="elsewhere")
     assert cm.seed == 7
 
 

@@ -214,3 +214,20 @@ def test_cuda_graph_replays_check_inputs_and_draw_fresh_read_noise():
         with pytest.raises(nvcc_pt.InputError, match=r"op 'linear' received NaN or infinite"):
             cm(bad)
         assert torch.isfinite(cm(x)).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_variation_drawn_on_the_gpu_is_reproducible_and_feeds_montecarlo():
+    model, x = _linear_model()
+    cm = nvcc_pt.compile(model, target=_spec(sigma=0.05), example_inputs=(x,), fidelity="noisy").to("cuda")
+    x = x.cuda()
+    with torch.no_grad():
+        on_gpu = cm.program(4, draw_on="device")(x)
+        again = cm.program(4)(x)  # keeps drawing on the device
+        on_cpu = cm.program(4, draw_on="cpu")(x)
+    assert torch.equal(on_gpu, again) and not torch.equal(on_gpu, on_cpu)
+    metric = lambda m: m(x).norm().item()  # noqa: E731
+    one = nvcc_pt.montecarlo(cm, metric, seeds=6, progress=False, instances_per_pass=1, draw_on="device")
+    many = nvcc_pt.montecarlo(cm, metric, seeds=6, progress=False, instances_per_pass=3, draw_on="device")
+    assert many.values == pytest.approx(one.values, rel=1e-5) and len(set(one.values)) == 6
+    assert cm.plan.results["draw_on"] == "cpu" and cm.seed == 4  # montecarlo restores the chip it was given
