@@ -49,6 +49,7 @@ class CompiledModel:
         """On a CUDA device, replay repeated inference calls (no autograd) from CUDA graphs, one per input shape."""
         self._graphs = GraphCache()
         self._checked = None
+        self._addresses: tuple | None = None
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -97,15 +98,18 @@ class CompiledModel:
                                  f"on {device}; move them with .to({str(device)!r})")
             self._checked = signature
         if self.cuda_graphs and args[0].is_cuda and not torch.is_grad_enabled() and not recording():
-            return self._graphs.run(self.graph_module, args, signature)
+            if self._addresses is None:  # a replay reads the buffers at these addresses; the ADC grid is baked in
+                self._addresses = tuple((s.weight.data_ptr(), s.scale.data_ptr(), s.levels.data_ptr(),
+                                         tuple(s.adc_range.tolist())) for _, s in self.plan.states())
+            return self._graphs.run(self.graph_module, args, (signature, self._addresses))
         with deferred_checks():
             return self.graph_module(*args)
 
     forward = __call__
 
     def _state_replaced(self) -> None:
-        """Forget what was recorded against the programmed state (CUDA graphs, checked inputs) after it changed."""
-        self._graphs.clear()
+        """Call after any change to the state buffers: CUDA graphs are keyed by where the state lives."""
+        self._addresses = None
         self._checked = None
 
     def program(self, seed: int | None = None, *, time_s: float | None = None,
@@ -188,6 +192,7 @@ class CompiledModel:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise DeviceError("CUDA was asked for but torch.cuda.is_available() is False on this machine; "
                               "use cm.to('cpu') or run where a CUDA GPU and a CUDA build of torch are present")
+        self._graphs.clear()
         self._state_replaced()
         self.graph_module.to(device)
         _retarget_devices(self.graph_module, device)

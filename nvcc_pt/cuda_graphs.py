@@ -3,8 +3,9 @@
 A forward of a small model on a GPU is bound by the host: hundreds of kernel launches, each a
 few microseconds of Python and driver work, for kernels that run for less. A CUDA graph
 records the launches once and replays them with one call. `GraphCache` keeps one graph per
-input signature (shapes, dtypes, and the addresses of the programmed state, so re-programming
-or moving the model records anew), with static input buffers the call's inputs are copied into.
+key: the input signature (shapes, dtypes) and where the programmed state lives (re-programming
+writes into the same buffers, so it keeps its graphs; stacking Monte Carlo instances or moving
+the model records anew), with static input buffers the call's inputs are copied into.
 
 The simulator's NaN/inf checks are queued inside the graph (`queued_checks`) and read after each
 replay, so a bad input still raises `InputError` naming the op that saw it.

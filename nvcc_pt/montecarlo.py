@@ -113,17 +113,28 @@ def _value(metric: Callable, model, seed: int) -> float:
 
 
 def _stack_instances(cm, seeds: list[int], draw_on: str) -> None:
-    """Program every seed and leave each op holding all of them stacked (`CimState`'s instance layout)."""
-    stacks: dict[str, tuple[list, list]] = {}
-    for seed in seeds:
-        for name, state in cm.program(seed, draw_on=draw_on).plan.states():
-            weights, levels = stacks.setdefault(name, ([], []))
-            weights.append(state.weight)
-            levels.append(state.levels)
-    for name, state in cm.plan.states():
-        weights, levels = stacks[name]
-        state.weight = torch.stack(weights)
-        state.levels = torch.stack(levels) if levels[0].numel() else levels[0]
+    """Program every seed and leave each op holding all of them stacked (`CimState`'s instance layout).
+
+    The stacks reuse the previous group's buffers where they fit, so CUDA graphs recorded for it stay valid.
+    """
+    states = cm.plan.states()
+    held = {(name, key): getattr(state, key) for name, state in states for key in ("weight", "levels")}
+    stacks: dict[tuple[str, str], torch.Tensor] = {}
+    for i, seed in enumerate(seeds):
+        cm.program(seed, draw_on=draw_on)
+        for name, state in states:
+            for key in ("weight", "levels"):
+                value = getattr(state, key)
+                if not value.numel():
+                    continue
+                stack = stacks.get((name, key))
+                if stack is None:
+                    old, shape = held[(name, key)], (len(seeds), *value.shape)
+                    fits = old.shape == shape and old.dtype == value.dtype and old.device == value.device
+                    stack = stacks[(name, key)] = old if fits else value.new_empty(shape)
+                stack[i].copy_(value)
+    for (name, key), stack in stacks.items():
+        setattr(dict(states)[name], key, stack)
     cm._state_replaced()
 
 

@@ -62,6 +62,9 @@ class CimState(nn.Module):
     `source` is the original float weight `[N, K]` (a view, not saved); `weight` the effective
     weight the fast paths multiply by; `STATE` names what the crossbar-level paths need.
 
+    Re-programming writes new values into the same buffers where the shapes allow, so CUDA graphs
+    recorded against them stay valid; copy a buffer to keep an instance's values.
+
     `nvcc_pt.montecarlo` may stack several programmed instances: `weight` `[I, N, K]` and
     `levels` `[I, ...]`. The op then reads the leading dimension of its input as I equal
     blocks, instance-major, and runs block i on instance i.

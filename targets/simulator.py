@@ -137,14 +137,15 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     cfg = dict(state.config, fidelity=fidelity)
     state.config = cfg
     source = state.source
-    state.levels = source.new_empty(0, dtype=torch.float32)
+    no_levels = source.new_empty(0, dtype=torch.float32)
     if fidelity == "exact" or source.device.type == "meta":
-        state.weight = source
+        state.weight, state.levels = source, no_levels
         return
     levels, scale = _ideal_levels(state, cfg)
     state.scale = scale
     if fidelity == "quantized":
-        state.weight = (read_back(levels.float(), cfg) * scale[:, None]).to(source.dtype)
+        _store(state, "weight", (read_back(levels.float(), cfg) * scale[:, None]).to(source.dtype))
+        state.levels = no_levels
         return
     g_min, t0 = 0.0, 20.0
     if device_model is not None:
@@ -152,9 +153,24 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
     programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index, draw_device), time_s,
                                 g_min, t0)
-    state.weight = (read_back(programmed, cfg) * scale[:, None]).to(source.dtype)
+    _store(state, "weight", (read_back(programmed, cfg) * scale[:, None]).to(source.dtype))
     if fidelity in CROSSBAR:
-        state.levels = crossbar_levels(programmed, cfg)
+        _store(state, "levels", crossbar_levels(programmed, cfg))
+    else:
+        state.levels = no_levels
+
+
+def _store(state: CimState, name: str, value: torch.Tensor) -> None:
+    """Set a state buffer, in place where the new value fits the old buffer (never the source weight itself).
+
+    Re-programming then leaves the buffers where they were, so CUDA graphs recorded against them stay valid.
+    """
+    old = getattr(state, name)
+    if (old.numel() and old.shape == value.shape and old.dtype == value.dtype and old.device == value.device
+            and old.data_ptr() != state.source.data_ptr()):
+        old.copy_(value)
+    else:
+        setattr(state, name, value)
 
 
 def recording() -> bool:
