@@ -78,14 +78,16 @@ processed in chunks under it. On CPU a block that stays in the core's cache keep
 _calibration: dict[str, list[float]] | None = None
 
 
-def _quantize(x: torch.Tensor, bits: int, dequantize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize(x: torch.Tensor, bits: int, dequantize: bool,
+              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """`quantize_input_int` (codes, or codes times scale if `dequantize`) and the per-token scale.
 
-    On CUDA one fused kernel reads `x` once; elsewhere, or for rows too long for it, the torch ops.
+    On CUDA one fused kernel reads `x` once, and can write the codes as `dtype`; elsewhere, or for rows
+    too long for it, the torch ops (codes in float32).
     """
     fused = _fused_kernels() if x.device.type == "cuda" and x.dtype == torch.float32 else None
     if fused is not None and x.dim() == 2 and x.shape[-1] <= fused.MAX_QUANTIZE_ROW and x.is_contiguous():
-        return fused.quantize_rows(x, 2 ** (bits - 1) - 1, TINY, dequantize)
+        return fused.quantize_rows(x, 2 ** (bits - 1) - 1, TINY, dequantize, dtype)
     xi, scale = quantize_input_int(x, bits)
     return (xi.mul_(scale) if dequantize else xi), scale
 
@@ -221,7 +223,9 @@ def queued_checks():
 
 def finite_flags(queued: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
     """One flag per queued check, on the device: whether that op's input was finite."""
-    return torch.isfinite(torch.stack([v for _, v in queued])) if queued else None
+    if not queued:
+        return None
+    return torch.isfinite(queued[0][1].reshape(1) if len(queued) == 1 else torch.stack([v for _, v in queued]))
 
 
 def raise_if_nonfinite(queued: list[tuple[str, torch.Tensor]]) -> None:
@@ -421,9 +425,14 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         return F.linear(x, weight, bias)
     scale, levels, adc_range = state
     if fidelity in ("quantized", "noisy"):
+        w = _read_noise_weight(weight, scale, cfg) if fidelity == "noisy" else weight
+        fused = _fused_kernels() if x.is_cuda and x.dtype == w.dtype == torch.float32 else None
+        if fused is not None and 2 ** (cfg["input_bits"] - 1) <= fused.MAX_SPLIT_CODE:
+            xi, sx = _quantize(x.reshape(-1, x.shape[-1]), cfg["input_bits"], dequantize=False, dtype=torch.float16)
+            _check_finite(sx, cfg)
+            return fused.split_linear(xi, sx, w, bias).view(*x.shape[:-1], w.shape[0])
         xq, sx = _quantize(x.reshape(-1, x.shape[-1]), cfg["input_bits"], dequantize=True)
         _check_finite(sx, cfg)
-        w = _read_noise_weight(weight, scale, cfg) if fidelity == "noisy" else weight
         return _linear(xq.view(x.shape), w, bias)
     if fidelity in CROSSBAR:
         if levels.numel() == 0:

@@ -1,6 +1,7 @@
-"""The crossbar paths on CUDA as one fused Triton kernel: DAC planes x levels, ADC and row-tile sum.
+"""The simulator's CUDA kernels, in Triton: the crossbar paths fused into one kernel, the
+`quantized`/`noisy` product on tensor cores, and per-token input quantization in one pass.
 
-The eager path writes every row tile's partial sums out and reads them back to round them;
+Crossbar paths (DAC planes x levels, ADC and row-tile sum). The eager path writes every row tile's partial sums out and reads them back to round them;
 on a GPU that traffic, not the arithmetic, sets the time. Here each program keeps a
 `[BM, BN]` block of outputs in registers and, for every row tile and input cycle, computes
 the tile's partial sums with tensor-core dots, applies the ADC to them in registers and adds
@@ -8,10 +9,14 @@ the codes, weighted by the cycle's place value, into the block. Only the per-sli
 `[B, S*N]` reach memory; the shift-and-add over slices is left to the caller.
 
 Exactness on tensor cores: the DAC digits are small integers, exact in float16. A level
-`L` (float32, with device variation) is split into `hi = fp16(L)` and `lo = fp16(L - hi)`, so
+`L` (float32, with device variation) is split into `hi = fp16(L)` and `lo = fp16(L - hi)`
+(once per call for the levels, which every program reads many times; in registers for the
+noisy product's weights, which each program reads once), so
 `digit * hi + digit * lo` carries 22 significant bits of `L`; products are exact and the dots
 accumulate in float32. Partial sums agree with a float32 GEMM to a few units in the last
-place, the same as two float32 GEMM libraries agree with each other.
+place, the same as two float32 GEMM libraries agree with each other. The `quantized` and
+`noisy` products (`split_linear`) use the same split: integer input codes times the
+programmed effective weight.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ CONFIGS = [
     triton.Config({"BM": 128, "BN": 64}, num_warps=4, num_stages=3),
     triton.Config({"BM": 64, "BN": 64}, num_warps=4, num_stages=2),
 ]
+
+
+@triton.jit
+def _split(w):
+    """float16 halves of float32 `w`: `hi + lo` holds 22 significant bits of it."""
+    hi = w.to(tl.float16)
+    return hi, (w - hi.to(tl.float32)).to(tl.float16)
 
 
 @triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK"])
@@ -56,7 +68,7 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, B, K, SN, T, R, RO
 
 
 def split_levels(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float16 (hi, lo) with `hi + lo` equal to `levels` to 22 significant bits."""
+    """float16 (hi, lo) with `hi + lo` equal to `levels` to 22 significant bits (`_split`, once for all programs)."""
     hi = levels.half()
     return hi, (levels - hi.float()).half()
 
@@ -93,22 +105,78 @@ def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, K, qmax, tiny, DEQUANTIZE: 
     q = libdevice.rint(libdevice.div_rn(x, scale))
     if DEQUANTIZE:
         q = q * scale
-    tl.store(out_ptr + row * K + cols, q, mask=ok)
+    tl.store(out_ptr + row * K + cols, q.to(out_ptr.dtype.element_ty), mask=ok)
     tl.store(scale_ptr + row, scale)
 
 
 MAX_QUANTIZE_ROW = 16384
 
 
-def quantize_rows(x: torch.Tensor, qmax: float, tiny: float, dequantize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(x: torch.Tensor, qmax: float, tiny: float, dequantize: bool,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric quantization of a contiguous float32 `[M, K]` in one pass: (codes or values, scale `[M, 1]`).
 
-    The same arithmetic as `devices.quantize_input_int` (correctly rounded division, round half to even).
+    The same arithmetic as `devices.quantize_input_int` (correctly rounded division, round half to even);
+    codes may be written as float16, which holds them exactly up to 2048.
     """
     rows, k = x.shape
-    out = torch.empty_like(x)
+    out = torch.empty_like(x, dtype=dtype)
     scale = torch.empty(rows, 1, device=x.device, dtype=x.dtype)
     block = triton.next_power_of_2(k)
     _quantize_rows_kernel[(rows,)](x, out, scale, k, float(qmax), float(tiny), DEQUANTIZE=dequantize, BLOCK=block,
                                    num_warps=min(16, max(1, block // 512)))
     return out, scale
+
+
+LINEAR_CONFIGS = [
+    triton.Config({"BM": 128, "BN": 128, "BK": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BM": 64, "BN": 128, "BK": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BM": 128, "BN": 64, "BK": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BM": 64, "BN": 64, "BK": 64}, num_warps=4, num_stages=3),
+]
+
+
+@triton.autotune(configs=LINEAR_CONFIGS, key=["M", "N", "K"])
+@triton.jit
+def _split_linear_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, y_ptr, M, N, K, HAS_BIAS: tl.constexpr,
+                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """y = (codes . w^T) * scale[row] + bias: float16 codes, the weight split into float16 halves, float32 sums."""
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    m_ok = rm < M
+    n_ok = rn < N
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        k = k0 + rk
+        k_ok = k < K
+        x = tl.load(x_ptr + rm[:, None].to(tl.int64) * K + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        w_at = rn[None, :].to(tl.int64) * K + k[:, None]  # the weight [N, K], read as [BK, BN]
+        w_ok = k_ok[:, None] & n_ok[None, :]
+        hi, lo = _split(tl.load(w_ptr + w_at, mask=w_ok, other=0.0))
+        acc = tl.dot(x, hi, tl.dot(x, lo, acc))
+    y = acc * tl.load(scale_ptr + rm, mask=m_ok, other=0.0)[:, None]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0)[None, :]
+    tl.store(y_ptr + rm[:, None].to(tl.int64) * N + rn[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
+
+
+MAX_SPLIT_CODE = 2048
+"""Largest input code the float16 path takes exactly (inputs of up to 12 bits)."""
+
+
+def split_linear(codes: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """`(codes * scale) @ weight^T + bias` on tensor cores for integer `codes` `[M, K]` (|code| <= 2048).
+
+    The codes are exact in float16 and each float32 weight is split into float16 halves in registers,
+    so the product carries 22 significant bits of every weight and accumulates in float32.
+    """
+    m, k = codes.shape
+    n = weight.shape[0]
+    y = torch.empty(m, n, device=codes.device, dtype=torch.float32)
+    b = bias.float().contiguous() if bias is not None else y
+    grid = lambda meta: (triton.cdiv(m, meta["BM"]), triton.cdiv(n, meta["BN"]))  # noqa: E731
+    _split_linear_kernel[grid](codes.to(torch.float16).contiguous(), weight.float().contiguous(),
+                               scale.reshape(-1).float().contiguous(), b, y, m, n, k, HAS_BIAS=bias is not None)
+    return y

@@ -161,8 +161,8 @@ def test_fast_path_matches_reference(fidelity, changes):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize(("fidelity", "changes"), [c for c in CASES if c[0] in ("adc", "bit-serial")])
-def test_cuda_fused_path_matches_reference(fidelity, changes):
+@pytest.mark.parametrize(("fidelity", "changes"), CASES)
+def test_cuda_fused_paths_match_reference(fidelity, changes):
     model, x, cm = _compile(_spec(**changes), fidelity, seed=3)
     fast, ref = first_layer(cm, model, x, 3, fidelity, device="cuda")
     assert_close(fast, ref)
