@@ -72,8 +72,9 @@ from nvcc_pt.ops import FIDELITIES, CimState, parse_config
 IMPLEMENTED = FIDELITIES
 CROSSBAR = ("adc", "bit-serial")
 CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
-"""Memory budget (bytes, per device type) for one row tile's partial sums of one batch chunk; the batch is
-processed in chunks under it. On CPU a block that stays in the core's cache keeps the ADC passes cheap."""
+"""Memory budget (bytes, per device type) of one batch chunk in the crossbar paths; the batch is processed in
+chunks under it. On CPU it holds one row tile's partial sums: a block that stays in the core's cache keeps the
+ADC passes cheap. On CUDA it holds the fused kernel's DAC planes and per-slice sums."""
 
 _calibration: dict[str, list[float]] | None = None
 
