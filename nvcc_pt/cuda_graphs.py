@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch.utils._pytree import tree_map
 
-from nvcc_pt.targets.simulator import deferred_checks, finite_flags, nonfinite_error, queued_checks
+from nvcc_pt.targets.simulator import check_flags, deferred_checks, finite_flags, queued_checks
 
 
 def _clone(value):
@@ -57,15 +57,14 @@ class GraphCache:
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
         self._entries.move_to_end(key)
-        graph, inputs, output, ops, flags = entry
+        graph, inputs, output, queued, flags = entry
         for buffer, arg in zip(inputs, args):
             buffer.copy_(arg)
         graph.replay()
         result = output.clone() if isinstance(output, torch.Tensor) else tree_map(_clone, output)
-        if ops:
+        if queued:
             torch.cuda.current_stream().synchronize()
-            if not bool(flags.all()):
-                raise nonfinite_error(ops[int((~flags).nonzero()[0])])
+            check_flags(queued, flags.numpy())
         return result
 
     @staticmethod
@@ -83,4 +82,4 @@ class GraphCache:
             if flags is not None:  # the replay leaves the flags in pinned host memory: no copy op after it
                 host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
                 host.copy_(flags, non_blocking=True)
-        return graph, inputs, output, [op for op, _ in queued], host if queued else None
+        return graph, inputs, output, list(queued), host if queued else None

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from nvcc_pt.targets.devices import (
@@ -206,7 +207,8 @@ def _check_finite(values: torch.Tensor, cfg: dict) -> None:
     Off the CPU, inside `deferred_checks`, the check is queued (one reduction, no device sync) instead.
     """
     if _deferred is not None and values.device.type != "cpu":
-        _deferred.append((cfg["op"], values.amax()))  # NaN and inf survive amax
+        # small tensors (per-token scales) are queued whole; large ones reduced first (NaN and inf survive amax)
+        _deferred.append((cfg["op"], values.reshape(-1) if values.numel() <= 2**16 else values.amax().reshape(1)))
     elif not bool(torch.isfinite(values).all()):
         raise nonfinite_error(cfg["op"])
 
@@ -223,19 +225,28 @@ def queued_checks():
 
 
 def finite_flags(queued: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
-    """One flag per queued check, on the device: whether that op's input was finite."""
+    """Whether each queued value is finite, all ops' values end to end, on the device."""
     if not queued:
         return None
-    return torch.isfinite(queued[0][1].reshape(1) if len(queued) == 1 else torch.stack([v for _, v in queued]))
+    return torch.isfinite(queued[0][1] if len(queued) == 1 else torch.cat([v for _, v in queued]))
+
+
+def check_flags(queued: list[tuple[str, torch.Tensor]], flags) -> None:
+    """Raise `InputError` naming the first op whose queued values `flags` (host booleans) mark non-finite."""
+    flags = np.asarray(flags)
+    if not flags.all():
+        bad, end = int(np.argmin(flags)), 0
+        for op, values in queued:
+            end += values.numel()
+            if bad < end:
+                raise nonfinite_error(op)
 
 
 def raise_if_nonfinite(queued: list[tuple[str, torch.Tensor]]) -> None:
     """Read the queued checks with one device sync; the error names the first op that saw a bad input."""
     flags = finite_flags(queued)
     if flags is not None:
-        flags = flags.cpu()
-        if not bool(flags.all()):
-            raise nonfinite_error(queued[int((~flags).nonzero()[0])][0])
+        check_flags(queued, flags.cpu().numpy())
 
 
 @contextmanager

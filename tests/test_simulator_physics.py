@@ -130,6 +130,17 @@ def test_non_finite_inputs_name_the_op(fidelity, bad):
         cm(x)
 
 
+def test_queued_checks_name_the_first_op_with_a_bad_input():
+    from nvcc_pt.targets.simulator import check_flags, finite_flags
+
+    queued = [("a", torch.ones(3)), ("b", torch.tensor([1.0, float("nan")])), ("c", torch.tensor([float("inf")]))]
+    with pytest.raises(nvcc_pt.InputError, match=r"op 'b' received NaN"):
+        check_flags(queued, finite_flags(queued).numpy())
+    with pytest.raises(nvcc_pt.InputError, match=r"op 'c' received NaN"):
+        check_flags(queued[2:], finite_flags(queued[2:]).numpy())
+    check_flags(queued[:1], finite_flags(queued[:1]).numpy())  # all finite: nothing raised
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("fidelity", nvcc_pt.FIDELITIES)
 def test_non_finite_inputs_on_cuda_name_the_op(fidelity):
