@@ -133,6 +133,7 @@ class CompiledModel:
         time_s = self.plan.results.get("time_s")
         states = self.plan.states()
         records = self.plan.records
+
         def program_one(i: int) -> None:
             name, state = states[i]
             program_state(state, records[name][meta.NOISE], self.plan.fidelity, seed, i, time_s, self.target.device,

@@ -103,3 +103,16 @@ def test_instances_of_a_whole_llm_share_forward_passes():
     assert torch.equal(cm(ids), logits)
     with pytest.raises(nvcc_pt.InputError, match="instances_per_pass"):
         nvcc_pt.montecarlo(cm, loss, seeds=2, instances_per_pass=0)
+
+
+def test_instances_of_a_prompted_lm_share_passes_but_not_the_prompt():
+    from nvcc_pt.models import build_model
+    from nvcc_pt.prompt import SoftPromptLM
+
+    lm = SoftPromptLM(build_model("builtin:tiny-llama"), num_virtual_tokens=3, seed=1)
+    ids = torch.randint(0, 101, (2, 7), generator=torch.Generator().manual_seed(0))
+    prompt = lm.prompt.detach() + 0.1
+    cm = nvcc_pt.compile(lm, "rram4-128x128", fidelity="noisy", seed=1)
+    norm = lambda m: m(ids, prompt).norm().item()  # noqa: E731  (the prompt passed by position)
+    one, many = _sequential_and_batched(cm, norm, 3, 3)
+    assert many.values == pytest.approx(one.values, rel=1e-5) and len(set(many.values)) == 3
