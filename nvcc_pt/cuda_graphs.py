@@ -7,8 +7,9 @@ key: the input signature (shapes, dtypes) and where the programmed state lives (
 writes into the same buffers, so it keeps its graphs; stacking Monte Carlo instances or moving
 the model records anew), with static input buffers the call's inputs are copied into.
 
-The simulator's NaN/inf checks are queued inside the graph (`queued_checks`) and read after each
-replay, so a bad input still raises `InputError` naming the op that saw it.
+The simulator's NaN/inf checks are queued inside the graph (`queued_checks`): the replay copies
+the queued values (per-token scales) to pinned host memory and they are checked there after
+each replay, so a bad input still raises `InputError` naming the op that saw it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch.utils._pytree import tree_map
 
-from nvcc_pt.targets.simulator import check_flags, deferred_checks, finite_flags, queued_checks
+from nvcc_pt.targets.simulator import check_values, deferred_checks, queued_checks, queued_values
 
 
 def _clone(value):
@@ -57,14 +58,14 @@ class GraphCache:
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
         self._entries.move_to_end(key)
-        graph, inputs, output, queued, flags = entry
+        graph, inputs, output, queued, values = entry
         for buffer, arg in zip(inputs, args):
             buffer.copy_(arg)
         graph.replay()
         result = output.clone() if isinstance(output, torch.Tensor) else tree_map(_clone, output)
         if queued:
             torch.cuda.current_stream().synchronize()
-            check_flags(queued, flags.numpy())
+            check_values(queued, values.numpy())
         return result
 
     @staticmethod
@@ -78,8 +79,8 @@ class GraphCache:
         graph = torch.cuda.CUDAGraph()
         with queued_checks() as queued, torch.cuda.graph(graph):
             output = forward(*inputs)
-            flags = finite_flags(queued)
-            if flags is not None:  # the replay leaves the flags in pinned host memory: no copy op after it
-                host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
-                host.copy_(flags, non_blocking=True)
+            values = queued_values(queued)
+            if values is not None:  # the replay leaves them in pinned host memory, checked there: no kernel
+                host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+                host.copy_(values, non_blocking=True)
         return graph, inputs, output, list(queued), host if queued else None

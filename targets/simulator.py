@@ -224,29 +224,29 @@ def queued_checks():
         _deferred = previous
 
 
-def finite_flags(queued: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
-    """Whether each queued value is finite, all ops' values end to end, on the device."""
+def queued_values(queued: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
+    """All ops' queued values end to end, on the device (a few numbers per token: cheap to copy to the host)."""
     if not queued:
         return None
-    return torch.isfinite(queued[0][1] if len(queued) == 1 else torch.cat([v for _, v in queued]))
+    return queued[0][1] if len(queued) == 1 else torch.cat([v for _, v in queued])
 
 
-def check_flags(queued: list[tuple[str, torch.Tensor]], flags) -> None:
-    """Raise `InputError` naming the first op whose queued values `flags` (host booleans) mark non-finite."""
-    flags = np.asarray(flags)
-    if not flags.all():
-        bad, end = int(np.argmin(flags)), 0
-        for op, values in queued:
-            end += values.numel()
+def check_values(queued: list[tuple[str, torch.Tensor]], values: np.ndarray) -> None:
+    """Raise `InputError` naming the first op whose queued `values` (on the host) are not all finite."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        bad, end = int(np.argmin(finite)), 0
+        for op, queued_op in queued:
+            end += queued_op.numel()
             if bad < end:
                 raise nonfinite_error(op)
 
 
 def raise_if_nonfinite(queued: list[tuple[str, torch.Tensor]]) -> None:
     """Read the queued checks with one device sync; the error names the first op that saw a bad input."""
-    flags = finite_flags(queued)
-    if flags is not None:
-        check_flags(queued, flags.cpu().numpy())
+    values = queued_values(queued)
+    if values is not None:
+        check_values(queued, values.cpu().numpy())
 
 
 @contextmanager

@@ -133,6 +133,8 @@ LINEAR_CONFIGS = [
     triton.Config({"BM": 64, "BN": 128, "BK": 64}, num_warps=4, num_stages=4),
     triton.Config({"BM": 128, "BN": 64, "BK": 64}, num_warps=4, num_stages=4),
     triton.Config({"BM": 64, "BN": 64, "BK": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BM": 32, "BN": 64, "BK": 128}, num_warps=4, num_stages=3),
+    triton.Config({"BM": 32, "BN": 32, "BK": 128}, num_warps=2, num_stages=3),
 ]
 
 

@@ -131,14 +131,14 @@ def test_non_finite_inputs_name_the_op(fidelity, bad):
 
 
 def test_queued_checks_name_the_first_op_with_a_bad_input():
-    from nvcc_pt.targets.simulator import check_flags, finite_flags
+    from nvcc_pt.targets.simulator import check_values, queued_values
 
     queued = [("a", torch.ones(3)), ("b", torch.tensor([1.0, float("nan")])), ("c", torch.tensor([float("inf")]))]
     with pytest.raises(nvcc_pt.InputError, match=r"op 'b' received NaN"):
-        check_flags(queued, finite_flags(queued).numpy())
+        check_values(queued, queued_values(queued).numpy())
     with pytest.raises(nvcc_pt.InputError, match=r"op 'c' received NaN"):
-        check_flags(queued[2:], finite_flags(queued[2:]).numpy())
-    check_flags(queued[:1], finite_flags(queued[:1]).numpy())  # all finite: nothing raised
+        check_values(queued[2:], queued_values(queued[2:]).numpy())
+    check_values(queued[:1], queued_values(queued[:1]).numpy())  # all finite: nothing raised
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
