@@ -208,6 +208,7 @@ def _check_finite(values: torch.Tensor, cfg: dict) -> None:
     """
     if _deferred is not None and values.device.type != "cpu":
         # small tensors (per-token scales) are queued whole; large ones reduced first (NaN and inf survive amax)
+        values = values.detach()
         _deferred.append((cfg["op"], values.reshape(-1) if values.numel() <= 2**16 else values.amax().reshape(1)))
     elif not bool(torch.isfinite(values).all()):
         raise nonfinite_error(cfg["op"])
