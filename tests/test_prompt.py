@@ -94,7 +94,8 @@ def test_ovt_noise_is_the_simulators():
     assert (clean - ovt).abs().max() <= ovt.abs().amax(1).max() / 127  # only quantization left
     censored = read_back_ovt(ovt, "fefet6-128x128", op_generator(5, 0), censor=0.5)
     loose = read_back_ovt(ovt, "fefet6-128x128", op_generator(5, 0), censor=50.0)
-    assert torch.equal(loose, programmed) and not torch.allclose(censored, programmed)
+    # a censor 50 sigmas out changes nothing but the rounding of taking a level off and adding it back
+    assert torch.allclose(loose, programmed, rtol=0, atol=1e-6) and not torch.allclose(censored, programmed)
 
 
 def _bank(n=6, hidden=32, n_virtual=8, seed=0):
