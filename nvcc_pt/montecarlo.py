@@ -53,6 +53,8 @@ class _Instances:
 
     def __init__(self, cm, count: int):
         self._cm, self._count = cm, count
+        # which inputs to repeat: those with a batch dimension (not, say, a soft prompt)
+        self._batched = [spec.shape[:1] == (None,) for spec in cm.plan.capture.inputs]
         self._calls: list[tuple[tuple, dict, list]] = []
         self._instance, self._next = 0, 0
 
@@ -64,10 +66,9 @@ class _Instances:
         return self
 
     def __call__(self, *args, **kwargs):
-        if self._instance == 0:  # repeat the inputs with a batch dimension (not, say, a soft prompt)
-            batched = [spec.shape[:1] == (None,) for spec in self._cm.plan.capture.inputs]
-            repeated = tuple(torch.cat([a] * self._count) if isinstance(a, torch.Tensor) and i < len(batched)
-                             and batched[i] else a for i, a in enumerate(args))
+        if self._instance == 0:
+            repeated = tuple(torch.cat([a] * self._count) if isinstance(a, torch.Tensor) and i < len(self._batched)
+                             and self._batched[i] else a for i, a in enumerate(args))
             out = self._cm(*repeated, **kwargs)
             shares = [tree_map(lambda t, i=i: t.chunk(self._count)[i] if isinstance(t, torch.Tensor) else t, out)
                       for i in range(self._count)]

@@ -78,11 +78,6 @@ def levels_of(codes: torch.Tensor, cfg: dict) -> torch.Tensor:
     return slice_levels(mag, cfg["cell_bits"], cfg["slices"]).transpose(0, 1).contiguous()
 
 
-def target_levels(source: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ideal cell levels `[P, S, N, K]` (uint8) of a weight `[N, K]`, and its per-channel scale `[N]`."""
-    codes, scale = weight_codes(source, cfg)
-    return levels_of(codes, cfg), scale
-
 
 def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, generator: torch.Generator,
                    time_s: float | None = None, g_min_levels: float = 0.0, drift_t0_s: float = 20.0) -> torch.Tensor:

@@ -116,7 +116,7 @@ def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
 
 
 def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """`target_levels` of the state's source weight, from its integer codes kept until the weight changes.
+    """Ideal cell levels and scale of the state's source weight, from integer codes kept until the weight changes.
 
     Monte Carlo programs the same weights over and over; only the device variation is new each time.
     """
@@ -204,7 +204,7 @@ def nonfinite_error(op: str) -> InputError:
 def _check_finite(values: torch.Tensor, cfg: dict) -> None:
     """Raise if `values` (an op's input, or its per-token scales, which a bad entry makes non-finite) are not finite.
 
-    Off the CPU, inside `deferred_checks`, the check is queued (one reduction, no device sync) instead.
+    Off the CPU, inside `queued_checks`, the values are queued instead (no device sync); `check_values` reads them.
     """
     if _deferred is not None and values.device.type != "cpu":
         # small tensors (per-token scales) are queued whole; large ones reduced first (NaN and inf survive amax)
@@ -300,9 +300,13 @@ def _has_onednn() -> bool:
 _ONEDNN = _has_onednn()
 
 
+def _on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return _ONEDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+
+
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear`, through oneDNN on CPU where it is usable."""
-    if not (_ONEDNN and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32):
+    if not _on_onednn(x, weight):
         return F.linear(x, weight, bias)
     y = _onednn_linear(x.reshape(-1, x.shape[-1]), weight)
     y = y.add_(bias) if bias is not None else y
@@ -325,7 +329,7 @@ def _fused_kernels():
 
 def _tile_product(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """`x @ levels` for one row tile: `[M, rows] @ [rows, S*N]`, a fresh tensor the ADC may overwrite."""
-    if _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32:
+    if _on_onednn(x, levels):
         return _onednn_linear(x, levels.t())
     return x @ levels
 
@@ -355,7 +359,7 @@ def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, inv_step: float, lo:
 def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_range: torch.Tensor,
               cfg: dict, bit_serial: bool) -> torch.Tensor:
     """Integer-domain crossbar product of `x` [B, K] -> [B, N] through DAC, arrays, ADCs and shift-and-add."""
-    tiles, rows, sn = levels.shape
+    sn = levels.shape[-1]
     slices = cfg["slices"]
     xi, sx = _quantize(x, cfg["input_bits"], dequantize=False)
     _check_finite(sx, cfg)
