@@ -10,7 +10,8 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from nvcc_pt import meta
-from nvcc_pt.capture import CaptureInfo, capture, check_inputs
+from nvcc_pt.calls import build_output, prepare_inputs
+from nvcc_pt.capture import CaptureInfo, capture, prompted_parts
 from nvcc_pt.cuda_graphs import GraphCache
 from nvcc_pt.errors import DeviceError, FidelityError, InputError
 from nvcc_pt.ops import FIDELITIES
@@ -77,35 +78,48 @@ class CompiledModel:
         return torch.device("cpu")
 
     # -- running ----------------------------------------------------------------------------
-    def __call__(self, *args: torch.Tensor, soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
-        info = self.plan.capture
-        args = tuple(a.long() if isinstance(a, torch.Tensor) and a.dtype == torch.int32 and i == 0
-                     and info.kind != "module" else a for i, a in enumerate(args))
-        if info.kind == "soft-prompt-lm" and not info.constant_prompt:
-            if len(args) == 2 and soft_prompt is None:
-                args, soft_prompt = args[:1], args[1]
-            prompt = self.soft_prompt if soft_prompt is None else soft_prompt
-            args = (*args, prompt)
-        elif soft_prompt is not None:
-            raise InputError(f"this compiled {info.model_class} takes no soft prompt input; compile a SoftPromptLM "
-                             "(or pass soft_prompt= to compile) to swap prompts at run time")
-        signature = tuple((a.shape, a.dtype, a.device) if isinstance(a, torch.Tensor) else a for a in args)
-        if signature != self._checked:  # repeated calls with the same kind of inputs skip the checks
-            check_inputs(info, args)
+    def __call__(self, *args: torch.Tensor, **kwargs: torch.Tensor):
+        """Run the plan. Token models take `input_ids`, `attention_mask` and `soft_prompt` by position or
+        name and return what the model returns (`.logits` for a causal LM); other modules take their
+        inputs by position.
+        """
+        return build_output(self.plan.capture, self.run_graph(self.prepare_inputs(*args, **kwargs)))
+
+    forward = __call__
+
+    def prepare_inputs(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The graph's inputs for `cm(*args, **kwargs)`, checked, defaults filled in (`nvcc_pt.calls`)."""
+        flat = prepare_inputs(self.plan.capture, args, kwargs, self.soft_prompt)
+        signature = tuple((a.shape, a.dtype, a.device) for a in flat)
+        if signature != self._checked:  # repeated calls with the same kind of inputs skip the device check
             device = self.device
-            if any(a.device != device for a in args):
-                raise InputError(f"inputs are on {sorted({str(a.device) for a in args})} but the compiled model is "
+            if any(a.device != device for a in flat):
+                raise InputError(f"inputs are on {sorted({str(a.device) for a in flat})} but the compiled model is "
                                  f"on {device}; move them with .to({str(device)!r})")
             self._checked = signature
-        if self.cuda_graphs and args[0].is_cuda and not torch.is_grad_enabled() and not recording():
+        return flat
+
+    def run_graph(self, flat: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The lowered graph on prepared inputs: its flat outputs."""
+        if self.cuda_graphs and flat[0].is_cuda and not torch.is_grad_enabled() and not recording():
             if self._addresses is None:  # a replay reads the buffers at these addresses; the ADC grid is baked in
                 self._addresses = tuple((s.weight.data_ptr(), s.scale.data_ptr(), s.levels.data_ptr(),
                                          tuple(s.adc_range.tolist())) for _, s in self.plan.states())
-            return self._graphs.run(self.graph_module, args, (signature, self._addresses))
+            signature = tuple((a.shape, a.dtype, a.device) for a in flat)
+            return self._graphs.run(self.graph_module, flat, (signature, self._addresses))
         with deferred_checks():
-            return self.graph_module(*args)
+            return self.graph_module(*flat)
 
-    forward = __call__
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Generate tokens with the plan, following `transformers`' `generate` (see `nvcc_pt.generation`).
+
+        Example:
+            >>> out = cm.generate(ids, attention_mask=mask, max_new_tokens=20)            # greedy
+            >>> out = cm.generate(ids, max_new_tokens=20, do_sample=True, top_p=0.9)     # sampling
+        """
+        from nvcc_pt.generation import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
 
     def _state_replaced(self) -> None:
         """Call after any change to the state buffers: CUDA graphs are keyed by where the state lives."""
@@ -271,6 +285,7 @@ def compile(  # noqa: A001 - the name users expect
     constant_prompt: bool = False,
     duplicate: bool | dict[str, int] = False,
     tokens: int = 1,
+    dynamic_shapes=None,
 ) -> CompiledModel:
     """Map `model` onto `target` and return a runnable `CompiledModel`.
 
@@ -288,6 +303,9 @@ def compile(  # noqa: A001 - the name users expect
         duplicate: weight duplication to balance the pipeline: True fits copies of the bottleneck ops within the
             chips' capacity; {op or module glob: copies} asks for exact counts (DuplicationError if they do not fit).
         tokens: input vectors per inference that the report's latency is given for (prefill length).
+        dynamic_shapes: for models other than causal LMs, which input dimensions vary, in torch.export's own terms
+            (`{"x": {0: torch.export.Dim("batch")}}` by argument name, or a tuple by position). Token models get a
+            dynamic batch and sequence, other modules a dynamic first dimension where the model allows it.
 
     Example:
         >>> cm = nvcc_pt.compile(model, target="reram-128x128")
@@ -297,8 +315,10 @@ def compile(  # noqa: A001 - the name users expect
     _check_fidelity(fidelity)
     ctx = PassContext(target=spec, policy=MappingPolicy.coerce(policy), precision=dict(precision or {}),
                       results={"fidelity": fidelity}, duplicate=duplicate, tokens=tokens)
-    exported, info = capture(model, example_inputs, soft_prompt=soft_prompt, constant_prompt=constant_prompt)
+    exported, info = capture(model, example_inputs, soft_prompt=soft_prompt, constant_prompt=constant_prompt,
+                             dynamic_shapes=dynamic_shapes)
     gm = exported.module(check_guards=False)
+    ctx.results["dead_products"] = drop_dead_code(gm)
     gm = run_pipeline(gm, ctx)
     records = collect_records(gm)
     results = {k: v for k, v in ctx.results.items() if k != "dataflow"}
@@ -313,16 +333,28 @@ def compile(  # noqa: A001 - the name users expect
 
 
 def _default_prompt(model: nn.Module, soft_prompt: torch.Tensor | None) -> torch.Tensor:
-    from nvcc_pt.capture import unwrap_peft
-    from nvcc_pt.prompt.soft_prompt import SoftPromptLM
-
     if soft_prompt is not None:
         return soft_prompt.detach().clone()
-    if isinstance(model, SoftPromptLM):
-        return model.prompt.detach().clone()
-    peft = unwrap_peft(model)
-    assert peft is not None, "a prompted capture comes from a SoftPromptLM, a PEFT model or soft_prompt="
-    return peft[1].clone()
+    parts = prompted_parts(model)
+    assert parts is not None, "a prompted capture comes from a PromptedModel, a PEFT model or soft_prompt="
+    return parts[1].detach().clone()
+
+
+def drop_dead_code(gm: fx.GraphModule) -> list[dict[str, str]]:
+    """Remove ops whose results nothing uses (a pooler next to a pooled hidden state, say).
+
+    Returns the matrix products among them, by node and owning module, for the report: they are
+    neither mapped nor run, so they cost nothing.
+    """
+    from nvcc_pt.passes.find_matmuls import MATMUL_OPS, owning_module
+
+    before = {n.name: n for n in gm.graph.nodes if n.op == "call_function" and n.target in MATMUL_OPS}
+    modules = {name: owning_module(n)[0] for name, n in before.items()}
+    if not gm.graph.eliminate_dead_code():
+        return []
+    gm.recompile()
+    alive = {n.name for n in gm.graph.nodes}
+    return [{"name": name, "module": modules[name]} for name in before if name not in alive]
 
 
 def load(path: str | Path) -> CompiledModel:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten
 from tqdm.auto import tqdm
 
+from nvcc_pt.calls import build_output
 from nvcc_pt.errors import InputError
 
 
@@ -53,7 +54,7 @@ class _Instances:
 
     def __init__(self, cm, count: int):
         self._cm, self._count = cm, count
-        # which inputs to repeat: those with a batch dimension (not, say, a soft prompt)
+        # which graph inputs to repeat: those with a batch dimension
         self._batched = [spec.shape[:1] == (None,) for spec in cm.plan.capture.inputs]
         self._calls: list[tuple[tuple, dict, list]] = []
         self._instance, self._next = 0, 0
@@ -67,10 +68,10 @@ class _Instances:
 
     def __call__(self, *args, **kwargs):
         if self._instance == 0:
-            repeated = tuple(torch.cat([a] * self._count) if isinstance(a, torch.Tensor) and i < len(self._batched)
-                             and self._batched[i] else a for i, a in enumerate(args))
-            out = self._cm(*repeated, **kwargs)
-            shares = [tree_map(lambda t, i=i: t.chunk(self._count)[i] if isinstance(t, torch.Tensor) else t, out)
+            flat = self._cm.prepare_inputs(*args, **kwargs)
+            repeated = tuple(torch.cat([a] * self._count) if batched else a for a, batched in zip(flat, self._batched))
+            out = self._cm.run_graph(repeated)
+            shares = [build_output(self._cm.plan.capture, tuple(t.chunk(self._count)[i] for t in out))
                       for i in range(self._count)]
             self._calls.append((args, kwargs, shares))
             return shares[0]

@@ -20,6 +20,7 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
               "programming_energy_pj": float | None,    # writing the weights once (None: no figure)
               "baseline_energy_pj", "baseline_latency_ns"}],  # the same product on the digital baseline
      "params": {"tied": [{"param", "aliases", "counted_as", "used_by"}]},
+     "dead_products": [{"name", "module"}],     # products whose result nothing used: dropped, not mapped
      "totals": {"arrays",                       # arrays holding weights
                 "arrays_allocated",             # arrays reserved, counting macro alignment
                 "chips", "pipeline_stages",
@@ -122,7 +123,7 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
     baseline = get_baseline(components.digital_baseline)
     data = {
         "schema": REPORT_SCHEMA, "model": model, "target": target.to_dict(), "fidelity": fidelity, "seed": seed,
-        "ops": ops, "params": {"tied": tied},
+        "ops": ops, "params": {"tied": tied}, "dead_products": list(results.get("dead_products", [])),
         "totals": {
             "arrays": sum(o["arrays"] for o in ops),
             "arrays_allocated": results.get("arrays_allocated", 0),
@@ -255,6 +256,9 @@ class MappingReport:
                 f"{totals['bottleneck']}; mapped ops vs {totals['baseline']}: {totals['energy_ratio']:.3g}x less energy, "
                 f"{totals['speedup']:.3g}x the speed; other digital ops {totals.get('other_digital_energy_pj', 0) / 1e3:,.1f} nJ, "
                 f"{totals.get('other_digital_latency_ns', 0):,.0f} ns")
+        for dead in self._data.get("dead_products", []):
+            out.append(f"dropped {dead['name']} ({dead['module'] or 'top level'}): its result is never used, so it is "
+                       "neither mapped nor run")
         for tie in self._data["params"]["tied"]:
             out.append(f"tied weight {tie['param']} (also {', '.join(tie['aliases'])}): counted once as "
                        f"{tie['counted_as']}, used by {', '.join(tie['used_by'])}")

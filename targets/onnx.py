@@ -123,27 +123,35 @@ def _check_programmed(cm) -> None:
 
 def _example_inputs(cm) -> tuple[tuple, tuple, list[str], list[str]]:
     """Example arguments, dynamic shapes, input and output names from the capture info."""
+    from nvcc_pt.capture import TOKEN_INPUTS
+
     info = cm.plan.capture
-    args, dynamic = [], []
+    gen = torch.Generator().manual_seed(0)
+    batch, seq = Dim("batch", min=1, max=65536), Dim("seq", min=1, max=65536)
+    named: dict[str, torch.Tensor] = {}
     for spec in info.inputs:
         if spec.name == "soft_prompt":
-            args.append(cm.soft_prompt.detach().to(cm.device))
-            dynamic.append(None)  # the prompt is an input of fixed shape: swap it, do not resize it
-            continue
+            continue  # filled in from the plan's own prompt below
         shape = tuple(5 if s is None else s for s in spec.shape)
         dtype = getattr(torch, spec.dtype)
         if spec.name == "input_ids":
-            t = torch.randint(0, max(info.vocab_size, 2), shape, generator=torch.Generator().manual_seed(0))
+            named[spec.name] = torch.randint(0, max(info.vocab_size, 2), shape, generator=gen)
+        elif spec.name == "attention_mask":
+            named[spec.name] = torch.ones(shape, dtype=dtype)
         elif dtype.is_floating_point:
-            t = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+            named[spec.name] = torch.randn(shape, generator=gen).to(dtype)
         else:
-            t = torch.zeros(shape, dtype=dtype)
-        args.append(t.to(cm.device))
-        names = ("batch", "seq") if spec.name == "input_ids" else ("batch",)
-        dims = {d: Dim(names[min(d, len(names) - 1)], min=1, max=65536) for d, s in enumerate(spec.shape) if s is None}
+            named[spec.name] = torch.zeros(shape, dtype=dtype)
+    flat = cm.prepare_inputs(**{k: v.to(cm.device) for k, v in named.items()})
+    dynamic = []
+    for spec in info.inputs:
+        dims = {d: (batch if d == 0 else seq if spec.name in TOKEN_INPUTS else Dim(f"{spec.name}_{d}", min=1, max=65536))
+                for d, s in enumerate(spec.shape) if s is None}
         dynamic.append(dims or None)
-    outputs = ["logits"] if info.kind != "module" else ["output"]
-    return tuple(args), tuple(dynamic), [s.name for s in info.inputs], outputs
+    out = info.output
+    outputs = list(out["fields"]) if out.get("type") in ("model_output", "dict") else \
+        ["output"] if out.get("type") == "tensor" else [f"output_{i}" for i in range(out.get("count", 1))]
+    return flat, tuple(dynamic), [s.name for s in info.inputs], outputs
 
 
 # -- export -----------------------------------------------------------------------------------

@@ -16,19 +16,19 @@ def test_exact_equals_the_model_with_and_without_a_soft_prompt(tiny_models, fami
     model = tiny_models(family)
     cm = nvcc_pt.compile(model, "reram-128x128", fidelity="exact")
     with torch.no_grad():
-        assert rel(cm(ids), logits(model, ids)) < 1e-5
+        assert rel(cm(ids).logits, logits(model, ids)) < 1e-5
         # Other batch and sequence sizes run on the same plan (dynamic shapes).
         other = ids[:1, :5]
-        assert rel(cm(other), logits(model, other)) < 1e-5
+        assert rel(cm(other).logits, logits(model, other)) < 1e-5
 
     lm = SoftPromptLM(model, num_virtual_tokens=3, seed=1)
     cmp = nvcc_pt.compile(lm, "reram-128x128", fidelity="exact")
     other_prompt = torch.randn_like(lm.prompt) * 0.02
     with torch.no_grad():
-        assert rel(cmp(ids), lm(ids)) < 1e-5
-        swapped = cmp(ids, soft_prompt=other_prompt)
+        assert rel(cmp(ids).logits, lm(ids)) < 1e-5
+        swapped = cmp(ids, soft_prompt=other_prompt).logits
         assert rel(swapped, lm(ids, soft_prompt=other_prompt)) < 1e-5
-        assert rel(swapped, cmp(ids)) > 1e-3  # the prompt is an input, not a constant
+        assert rel(swapped, cmp(ids).logits) > 1e-3  # the prompt is an input, not a constant
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -46,10 +46,10 @@ def test_every_parameter_is_counted_once_mapped_or_digital(tiny_models, family):
 def test_constant_prompt_is_baked_in(tiny_models, ids):
     lm = SoftPromptLM(tiny_models("tiny-llama"), num_virtual_tokens=2)
     cm = nvcc_pt.compile(lm, "reram-128x128", fidelity="exact", constant_prompt=True)
-    assert [i.name for i in cm.plan.capture.inputs] == ["input_ids"]
+    assert [i.name for i in cm.plan.capture.inputs] == ["input_ids", "attention_mask"]
     with torch.no_grad():
-        assert rel(cm(ids), lm(ids)) < 1e-5
-    with pytest.raises(nvcc_pt.InputError, match="no soft prompt"):
+        assert rel(cm(ids).logits, lm(ids)) < 1e-5
+    with pytest.raises(nvcc_pt.InputError, match="has no input 'soft_prompt'"):
         cm(ids, soft_prompt=lm.prompt)
 
 
@@ -65,7 +65,7 @@ def test_peft_prompt_learning_model_is_unwrapped(tiny_models, ids, kind):
     cm = nvcc_pt.compile(pm, "reram-128x128", fidelity="exact")
     assert cm.plan.capture.kind == "soft-prompt-lm" and cm.plan.capture.num_virtual_tokens == 4
     with torch.no_grad():
-        assert rel(cm(ids), pm(input_ids=ids).logits) < 1e-5
+        assert rel(cm(ids).logits, pm(input_ids=ids).logits) < 1e-5
     # Only the base model's weights are mapped; the prompt stays an input.
     assert cm.report.totals["model_params"] == sum(p.numel() for p in base.parameters())
 
@@ -88,9 +88,9 @@ def test_noisy_with_zero_sigma_equals_direct_quantization(tiny_models, ids):
     torch.testing.assert_close(got, direct, rtol=1e-6, atol=1e-6)
     assert torch.equal(quantize_input(x, 8), torch.round(x / xs).clamp(-qmax, qmax) * xs)
     with torch.no_grad():
-        quantized = cm.with_fidelity("quantized")(ids)
-        torch.testing.assert_close(cm(ids), quantized, rtol=1e-5, atol=1e-5)
-        assert rel(cm(ids), logits(model, ids)) > 1e-4  # quantization does change the numbers
+        quantized = cm.with_fidelity("quantized")(ids).logits
+        torch.testing.assert_close(cm(ids).logits, quantized, rtol=1e-5, atol=1e-5)
+        assert rel(cm(ids).logits, logits(model, ids)) > 1e-4  # quantization does change the numbers
 
 
 def test_seeds_reproduce_and_differ(tiny_models, ids):
@@ -98,14 +98,14 @@ def test_seeds_reproduce_and_differ(tiny_models, ids):
     a = nvcc_pt.compile(model, "rram4-128x128", seed=3)
     b = nvcc_pt.compile(model, "rram4-128x128", seed=3)
     with torch.no_grad():
-        out_a, out_b = a(ids), b(ids)
+        out_a, out_b = a(ids).logits, b(ids).logits
         assert torch.equal(out_a, out_b)
         wa = [s.weight.clone() for _, s in a.plan.states()]
         a.program(seed=4)
         assert all(not torch.equal(w, s.weight) for w, (_, s) in zip(wa, a.plan.states()))
-        assert not torch.equal(a(ids), out_a)
+        assert not torch.equal(a(ids).logits, out_a)
         a.program(seed=3)
-        assert torch.equal(a(ids), out_a)
+        assert torch.equal(a(ids).logits, out_a)
 
 
 def test_policy_keeps_selected_layers_digital_with_a_reason(tiny_models, ids):
@@ -118,7 +118,7 @@ def test_policy_keeps_selected_layers_digital_with_a_reason(tiny_models, ids):
     assert rows["model.layers.1.self_attn.q_proj"]["mapped"]
     assert cm.report.totals["mapped_macs_fraction"] < 0.5
     with torch.no_grad():
-        assert rel(cm(ids), logits(model, ids)) < 1e-5
+        assert rel(cm(ids).logits, logits(model, ids)) < 1e-5
 
 
 def test_layerwise_precision_overrides(tiny_models):

@@ -96,11 +96,11 @@ def test_instances_of_a_whole_llm_share_forward_passes():
 
     ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0))
     cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "rram1-128x128", fidelity="noisy", seed=1)
-    logits = cm(ids)
-    loss = lambda m: torch.nn.functional.cross_entropy(m(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).item()  # noqa: E731
+    logits = cm(ids).logits
+    loss = lambda m: torch.nn.functional.cross_entropy(m(ids).logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).item()  # noqa: E731
     one, many = _sequential_and_batched(cm, loss, 4, 4)
     assert many.values == pytest.approx(one.values, rel=1e-5) and len(set(many.values)) == 4
-    assert torch.equal(cm(ids), logits)
+    assert torch.equal(cm(ids).logits, logits)
     with pytest.raises(nvcc_pt.InputError, match="instances_per_pass"):
         nvcc_pt.montecarlo(cm, loss, seeds=2, instances_per_pass=0)
 
@@ -113,6 +113,6 @@ def test_instances_of_a_prompted_lm_share_passes_but_not_the_prompt():
     ids = torch.randint(0, 101, (2, 7), generator=torch.Generator().manual_seed(0))
     prompt = lm.prompt.detach() + 0.1
     cm = nvcc_pt.compile(lm, "rram4-128x128", fidelity="noisy", seed=1)
-    norm = lambda m: m(ids, prompt).norm().item()  # noqa: E731  (the prompt passed by position)
+    norm = lambda m: m(ids, soft_prompt=prompt).logits.norm().item()  # noqa: E731
     one, many = _sequential_and_batched(cm, norm, 3, 3)
     assert many.values == pytest.approx(one.values, rel=1e-5) and len(set(many.values)) == 3

@@ -61,13 +61,19 @@ FLIP_TOKENS = 50
 FLIP_STEPS = 8  # one input-rounding flip of a gate op was measured at 4.3 head steps
 
 
-def head_step(cm, *args) -> float:
+def feeds(cm, *args, **kwargs) -> dict[str, np.ndarray]:
+    """onnxruntime's inputs for the call `cm(*args, **kwargs)`: every graph input by name, defaults filled in."""
+    flat = cm.prepare_inputs(*args, **kwargs)
+    return {spec.name: t.cpu().numpy() for spec, t in zip(cm.plan.capture.inputs, flat)}
+
+
+def head_step(cm, *args, **kwargs) -> float:
     """One input quantization step of the output head, in logits units (0 at `exact`)."""
     if cm.fidelity == "exact":
         return 0.0
     run = _HeadInput(cm.graph_module)
     with torch.no_grad():
-        run.run(*args)
+        run.run(*cm.prepare_inputs(*args, **kwargs))
     x, w, cfg = run.head
     return float(x.abs().max()) / (2 ** (cfg["input_bits"] - 1) - 1) * float(w.abs().max())
 
@@ -98,8 +104,8 @@ def compare(cm, path, shapes=((2, 7), (3, 11))) -> float:
     for shape in shapes:
         ids = ids_of(shape, seed=shape[1])
         with torch.no_grad():
-            ref = cm(ids).numpy()
-        got = sess.run(None, {"input_ids": ids.numpy()})[0]
+            ref = cm(ids).logits.numpy()
+        got = sess.run(None, feeds(cm, ids))[0]
         problem = mismatch(cm, got, ref, FLIP_STEPS * head_step(cm, ids))
         assert problem is None, problem
         worst = max(worst, float(np.abs(got - ref).max()))
@@ -155,17 +161,17 @@ def test_tolerance_tells_quantized_from_exact(llama_onnx):
     exact = llama_onnx("exact")[1]
     quantized = llama_onnx("quantized")[0]
     ids = ids_of((2, 7))
-    got = session(exact).run(None, {"input_ids": ids.numpy()})[0]
+    got = session(exact).run(None, feeds(quantized, ids))[0]
     with torch.no_grad():
-        ref = quantized(ids).numpy()
+        ref = quantized(ids).logits.numpy()
     assert mismatch(quantized, got, ref, FLIP_STEPS * head_step(quantized, ids)) is not None
 
 
 def test_noisy_export_follows_the_seed(llama_cm, llama_onnx, tmp_path):
     other = llama_cm.with_fidelity("noisy")
     other.program(seed=11)
-    a = session(llama_onnx("noisy")[1]).run(None, {"input_ids": ids_of((1, 5)).numpy()})[0]
-    b = session(other.export_onnx(tmp_path / "b.onnx")).run(None, {"input_ids": ids_of((1, 5)).numpy()})[0]
+    a = session(llama_onnx("noisy")[1]).run(None, feeds(other, ids_of((1, 5))))[0]
+    b = session(other.export_onnx(tmp_path / "b.onnx")).run(None, feeds(other, ids_of((1, 5))))[0]
     assert np.abs(a - b).max() > 1e-4
     compare(other, tmp_path / "b.onnx", shapes=((1, 5),))
 
@@ -195,22 +201,22 @@ def test_soft_prompt_stays_an_input(tmp_path):
     cm = nvcc_pt.compile(model, "reram-128x128", fidelity="noisy", seed=0, soft_prompt=prompt)
     path = cm.export_onnx(tmp_path / "p.onnx")
     sess = session(path)
-    assert [i.name for i in sess.get_inputs()] == ["input_ids", "soft_prompt"]
-    assert sess.get_inputs()[1].shape == [4, 36]
+    assert [i.name for i in sess.get_inputs()] == ["input_ids", "attention_mask", "soft_prompt"]
+    assert sess.get_inputs()[2].shape[1:] == [4, 36]  # one prompt per row
     other = torch.randn(4, 36, generator=torch.Generator().manual_seed(6)) * 0.5
     ids = ids_of((2, 6))
     outs = {}
     for tag, p in (("a", prompt), ("b", other)):
         with torch.no_grad():
-            ref = cm(ids, soft_prompt=p).numpy()
-        got = sess.run(None, {"input_ids": ids.numpy(), "soft_prompt": p.numpy()})[0]
-        problem = mismatch(cm, got, ref, FLIP_STEPS * head_step(cm, ids, p))
+            ref = cm(ids, soft_prompt=p).logits.numpy()
+        got = sess.run(None, feeds(cm, ids, soft_prompt=p))[0]
+        problem = mismatch(cm, got, ref, FLIP_STEPS * head_step(cm, ids, soft_prompt=p))
         assert problem is None, problem
         outs[tag] = (got, ref)
     ort_change = outs["b"][0] - outs["a"][0]
     sim_change = outs["b"][1] - outs["a"][1]
     assert np.abs(sim_change).max() > 1e-3  # the prompt matters
-    bound = 2 * (FLOAT_SLACK * np.abs(outs["a"][1]).max() + FLIP_STEPS * head_step(cm, ids, other))
+    bound = 2 * (FLOAT_SLACK * np.abs(outs["a"][1]).max() + FLIP_STEPS * head_step(cm, ids, soft_prompt=other))
     np.testing.assert_allclose(ort_change, sim_change, atol=bound, rtol=0)
 
 
@@ -222,7 +228,7 @@ def test_plain_module_with_bias(tmp_path):
     onnx.checker.check_model(str(path), full_check=True)
     for batch in (3, 7):
         xb = torch.randn(batch, 12, generator=torch.Generator().manual_seed(batch))
-        got = session(path).run(None, {"input_0": xb.numpy()})[0]
+        got = session(path).run(None, feeds(cm, xb))[0]
         with torch.no_grad():
             ref = cm(xb).numpy()
         problem = mismatch(cm, got, ref, FLIP_STEPS * head_step(cm, xb))

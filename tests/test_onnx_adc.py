@@ -23,7 +23,7 @@ import onnx
 import pytest
 import torch
 from nvcc_pt.targets.simulator import _adc_grid, recording_ranges
-from test_onnx import _HeadInput, ids_of, mismatch, session, tiny_llama
+from test_onnx import _HeadInput, feeds, ids_of, mismatch, session, tiny_llama
 from torch import nn
 
 import nvcc_pt
@@ -36,7 +36,7 @@ def head_units(cm, *args) -> tuple[float, float]:
     """(one input step, one least-significant ADC code) of the output head, in output units."""
     run = _HeadInput(cm.graph_module)
     with torch.no_grad():
-        run.run(*args)
+        run.run(*cm.prepare_inputs(*args))
     x, w, cfg = run.head
     state = dict(cm.plan.states())[cfg["op"]]
     sx = float(x.abs().max()) / (2 ** (cfg["input_bits"] - 1) - 1)
@@ -91,7 +91,7 @@ def compare_mlp(cm, path) -> float:
     sess, worst = session(path), 0.0
     for batch in (4, 13):
         x = mlp_inputs(batch, batch)
-        got = sess.run(None, {"input_0": x.numpy()})[0]
+        got = sess.run(None, feeds(cm, x))[0]
         with torch.no_grad():
             ref = cm(x).numpy()
         problem = adc_mismatch(cm, got, ref, x)
@@ -129,7 +129,7 @@ def test_full_scale_export_fails_a_calibrated_simulator(tmp_path):
     x = mlp_inputs(13, 13)
     with torch.no_grad():
         ref = calibrated(x).numpy()
-    assert adc_mismatch(calibrated, session(path).run(None, {"input_0": x.numpy()})[0], ref, x) is not None
+    assert adc_mismatch(calibrated, session(path).run(None, feeds(calibrated, x))[0], ref, x) is not None
 
 
 def test_ideal_adc_export_fails_the_adc_simulator(tmp_path):
@@ -139,7 +139,7 @@ def test_ideal_adc_export_fails_the_adc_simulator(tmp_path):
     x = mlp_inputs(13, 13)
     with torch.no_grad():
         ref = cm(x).numpy()
-    assert adc_mismatch(cm, session(path).run(None, {"input_0": x.numpy()})[0], ref, x) is not None
+    assert adc_mismatch(cm, session(path).run(None, feeds(cm, x))[0], ref, x) is not None
 
 
 def test_read_noise_warns(tmp_path):
@@ -172,7 +172,7 @@ def test_llama_matches_simulator(llama_adc, fidelity, calibrated, tmp_path):
     for shape in ((2, 7), (3, 11)):
         ids = ids_of(shape, seed=shape[1])
         with torch.no_grad():
-            ref = cm(ids).numpy()
-        got = sess.run(None, {"input_ids": ids.numpy()})[0]
+            ref = cm(ids).logits.numpy()
+        got = sess.run(None, feeds(cm, ids))[0]
         problem = adc_mismatch(cm, got, ref, ids)
         assert problem is None, problem

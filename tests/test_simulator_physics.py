@@ -61,11 +61,11 @@ def test_calibrated_adc_range_beats_full_scale(llama):
     cm = nvcc_pt.compile(llama, target=spec, fidelity="adc")
     ids = _ids(0)
     ref = llama(ids).logits.detach()
-    full = _rel(cm(ids), ref)
+    full = _rel(cm(ids).logits, ref)
     cm.calibrate([_ids(1), _ids(2)])
     states = cm.plan.states()
     assert all(s.adc_range.numel() == 2 for _, s in states)
-    calibrated = _rel(cm(ids), ref)
+    calibrated = _rel(cm(ids).logits, ref)
     assert calibrated < 0.5 * full
     carried = cm.with_fidelity("bit-serial")  # a calibration survives a change of fidelity
     assert all(s.adc_range.numel() == 2 for _, s in carried.plan.states())
@@ -77,7 +77,7 @@ def test_drift_lowers_pcm_accuracy_over_time(llama):
     ref = llama(ids).logits.detach()
     errors, agree = [], []
     for t in (20.0, 1e4, 1e8):
-        out = cm.program(0, time_s=t)(ids)
+        out = cm.program(0, time_s=t)(ids).logits
         errors.append(_rel(out, ref))
         agree.append((out.argmax(-1) == ref.argmax(-1)).float().mean().item())
     assert errors[0] < errors[1] < errors[2]
@@ -172,8 +172,8 @@ def test_cuda_runs_a_whole_llm_like_the_cpu(fidelity):
     ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0))
     cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "reram-128x128", fidelity=fidelity, seed=1)
     with torch.no_grad():
-        cpu = cm(ids)
-        gpu = cm.to("cuda")(ids.cuda()).cpu()
+        cpu = cm(ids).logits
+        gpu = cm.to("cuda")(ids.cuda()).logits.cpu()
     assert ((gpu - cpu).norm() / cpu.norm()).item() < 1e-4
 
 
@@ -197,14 +197,14 @@ def test_cuda_graph_replays_match_eager_calls(fidelity):
     ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0)).cuda()
     cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "reram-128x128", fidelity=fidelity, seed=1).to("cuda")
     with torch.no_grad():
-        replayed = [cm(ids), cm(ids), cm(ids)][1:]  # the first call runs eagerly, the second records
+        replayed = [cm(ids).logits, cm(ids).logits, cm(ids).logits][1:]  # the first call runs eagerly, the second records
         assert len(cm._graphs) == 1 and torch.equal(replayed[0], replayed[1])
         cm.cuda_graphs = False
-        eager = cm(ids)
+        eager = cm(ids).logits
         cm.program(2)
-        eager2 = cm(ids)
+        eager2 = cm(ids).logits
         cm.cuda_graphs = True
-        replayed2 = cm(ids)  # re-programming writes the same buffers: the recorded graph still holds
+        replayed2 = cm(ids).logits  # re-programming writes the same buffers: the recorded graph still holds
         assert len(cm._graphs) == 1
     assert ((replayed[0] - eager).norm() / eager.norm()).item() < 1e-6
     assert ((replayed2 - eager2).norm() / eager2.norm()).item() < 1e-6

@@ -5,19 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nvcc_pt.capture import run_causal_lm, unwrap_peft
 from nvcc_pt.errors import InputError
 
 
-def run_with_prompt(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
+def run_with_prompt(model: nn.Module, input_ids: torch.Tensor, prompt: torch.Tensor | None,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of `model` on `input_ids` with `prompt` (`[n_virtual, hidden]`) prepended to the embeddings.
 
     The logits cover the virtual positions too (`[batch, n_virtual + seq, vocab]`), as PEFT returns them.
     """
-    if prompt is None:
-        return model(input_ids=input_ids, use_cache=False).logits
-    embeds = model.get_input_embeddings()(input_ids)
-    virtual = prompt.to(embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1)
-    return model(inputs_embeds=torch.cat([virtual, embeds], dim=1), use_cache=False).logits
+    return run_causal_lm(model, input_ids, attention_mask, prompt)
 
 
 class SoftPromptLM(nn.Module):
@@ -59,11 +57,16 @@ class SoftPromptLM(nn.Module):
     def config(self):
         return self.model.config
 
-    def forward(self, input_ids: torch.Tensor, soft_prompt: torch.Tensor | None = None) -> torch.Tensor:
+    def prompted_parts(self) -> tuple[nn.Module, torch.Tensor, bool]:
+        """(frozen causal LM, soft prompt, constant): how `nvcc_pt.compile` sees this model (`PromptedModel`)."""
+        return self.model, self.prompt.detach(), self.constant_prompt
+
+    def forward(self, input_ids: torch.Tensor, soft_prompt: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         prompt = self.prompt if soft_prompt is None else soft_prompt
         if prompt.shape[-1] != self.prompt.shape[-1]:
             raise InputError(f"soft prompt width {prompt.shape[-1]} does not match the model's hidden size {self.prompt.shape[-1]}")
-        return run_with_prompt(self.model, input_ids, prompt)
+        return run_with_prompt(self.model, input_ids, prompt, attention_mask)
 
     # -- PEFT prompt-tuning format ----------------------------------------------------------
     def to_peft(self):
@@ -88,8 +91,6 @@ class SoftPromptLM(nn.Module):
     @classmethod
     def from_peft(cls, peft_model: nn.Module) -> SoftPromptLM:
         """A `SoftPromptLM` from a PEFT prompt-tuning (or p-tuning) model: its base model and its virtual tokens."""
-        from nvcc_pt.capture import unwrap_peft
-
         unwrapped = unwrap_peft(peft_model)
         if unwrapped is None:
             raise InputError(f"{type(peft_model).__name__} is not a PEFT prompt-tuning model; load one with "
