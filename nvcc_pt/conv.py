@@ -136,12 +136,13 @@ def geometry(node: fx.Node, weight_shape: tuple[int, ...]) -> ConvGeometry:
         padding = ((0, 0),) * spatial
     else:
         padding = tuple((p, p) for p in _per_dim(padding, spatial))
+    # The node's own output shape: its input may be a node a lowering inserted, which carries none.
     x_shape, out_shape = _shape(args["input"]), _shape(node)
     groups = int(args["groups"])
     in_channels = weight[0] if transposed else weight[1] * groups
     out_channels = weight[1] * groups if transposed else weight[0]
     return ConvGeometry(kernel=kernel, stride=stride, dilation=dilation, padding=padding, groups=groups,
-                        transposed=transposed, batched=len(x_shape) == spatial + 2, in_channels=in_channels,
+                        transposed=transposed, batched=len(out_shape) == spatial + 2, in_channels=in_channels,
                         out_channels=out_channels, in_spatial=x_shape[-spatial:], out_spatial=out_shape[-spatial:])
 
 

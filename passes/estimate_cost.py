@@ -164,9 +164,11 @@ _SHAPE_ONLY = ("getitem", "sym_size", "_assert", "view", "reshape", "unsqueeze",
 
 def other_digital_bytes(gm: fx.GraphModule) -> float:
     """Bytes per token that digital ops other than matrix products read and write (output read once,
-    written once), at the captured shapes divided by the captured tokens. Views and shape ops move nothing."""
+    written once), at the captured shapes divided by the captured tokens (examples, for a model with
+    convolutions, as their costs are per example). Views and shape ops move nothing."""
     tokens = None
     total = 0.0
+    convs = any(node.target in CONV_OPS for node in gm.graph.nodes)
     for node in gm.graph.nodes:
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor):
@@ -175,8 +177,10 @@ def other_digital_bytes(gm: fx.GraphModule) -> float:
         if None in dims:
             continue
         if node.op == "placeholder" and tokens is None and dims:
-            # Token ids [batch, seq] count every element; feature inputs [batch, ..., features] all but the last.
-            tokens = max(math.prod(dims if not val.is_floating_point() else dims[:-1] or [1]), 1)
+            # Token ids [batch, seq] count every element; feature inputs [batch, ..., features] all but the last;
+            # an image or signal into a convolution [batch, channels, *spatial] is one token per example.
+            feature_dims = dims[:1] if convs else dims[:-1] or [1]
+            tokens = max(math.prod(dims if not val.is_floating_point() else feature_dims), 1)
             continue
         if node.op != "call_function" or meta.MATMUL in node.meta or any(s in str(node.target) for s in _SHAPE_ONLY):
             continue
