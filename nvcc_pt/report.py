@@ -79,8 +79,9 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
             "weight_bits": None, "input_bits": None, "adc_bits": None, "device": None, "sigma": None,
             "placement": None, "stage": None, **_cost_fields(node.meta.get(meta.COST)),
         }
+        macs = row["macs"] or info.macs  # the cost's count knows einsums and batched weights at the captured shapes
         if info.kind is MatmulKind.STATIC:
-            static_macs += info.macs
+            static_macs += macs
         if sel.mapped:
             grid: meta.TileGrid = node.meta[meta.TILES]
             prec: meta.Precision = node.meta[meta.PRECISION]
@@ -90,7 +91,7 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
                        utilization=round(grid.utilization, 4), weight_bits=prec.weight_bits,
                        input_bits=prec.input_bits, adc_bits=prec.adc_bits, device=noise.device, sigma=noise.sigma,
                        placement=place.describe(), stage=place.stage)
-            mapped_macs += info.macs
+            mapped_macs += macs
             mapped_weights.setdefault(info.weight, []).append(info.module)
         ops.append(row)
 

@@ -140,10 +140,14 @@ def _hint(dim) -> int | None:
     return hint if isinstance(hint, int) else None
 
 
-def digital_macs(node: fx.Node) -> int:
-    """Multiply-accumulates per token of a digital product: K*N for a static one; for a dynamic one
-    (attention) the product over the captured sequence, per query row: heads * S_k * d (twice for SDPA)."""
+def digital_macs(node: fx.Node, tokens: int = 1) -> int:
+    """Multiply-accumulates per token of a digital product: `MatmulInfo.macs` for a static one (a static
+    product of no `[K, N]` form, such as an einsum, at the captured shapes over the captured `tokens`); for a
+    dynamic one (attention) the product over the captured sequence, per query row: heads * S_k * d (twice
+    for SDPA)."""
     info: meta.MatmulInfo = node.meta[meta.MATMUL]
+    if info.kind is MatmulKind.STATIC and info.macs == 0:
+        return round(_captured_macs(node) / tokens)
     if info.kind is MatmulKind.STATIC or node.target in CONV_OPS:
         return info.macs
     try:
@@ -158,40 +162,69 @@ def digital_macs(node: fx.Node) -> int:
     return int(heads * a[-1] * b[-1])
 
 
+def _dims(node) -> list[int | None]:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return [_hint(d) for d in val.shape] if isinstance(val, torch.Tensor) else [None]
+
+
+def _captured_macs(node: fx.Node) -> int:
+    """Multiply-accumulates of a matmul-like node at the captured shapes (0 where a size is unknown)."""
+    if node.target is torch.ops.aten.einsum.default:
+        equation, operands = node.args[0].replace(" ", ""), node.args[1]
+        if "..." in equation:
+            return 0
+        sizes: dict[str, int | None] = {}
+        for term, operand in zip(equation.split("->")[0].split(","), operands):
+            sizes.update(zip(term, _dims(operand)))
+        values = list(sizes.values())  # every index, summed or kept, is one loop of the product
+    else:
+        left = node.args[1] if node.target in (torch.ops.aten.addmm.default, torch.ops.aten.baddbmm.default) \
+            else node.args[0]
+        values = [*_dims(node), _dims(left)[-1]]  # every output element sums over the contraction
+    return 0 if None in values else math.prod(values)
+
+
 _SHAPE_ONLY = ("getitem", "sym_size", "_assert", "view", "reshape", "unsqueeze", "squeeze", "expand", "transpose",
                "permute", "slice", "alias", "detach", "_unsafe_view", "t.default", "select", "split")
 
 
-def other_digital_bytes(gm: fx.GraphModule) -> float:
-    """Bytes per token that digital ops other than matrix products read and write (output read once,
-    written once), at the captured shapes divided by the captured tokens (examples, for a model with
-    convolutions, as their costs are per example). Views and shape ops move nothing."""
-    tokens = None
-    total = 0.0
+def captured_tokens(gm: fx.GraphModule) -> int:
+    """Tokens in the captured example, from the first input: token ids `[batch, seq]` count every element;
+    feature inputs `[batch, ..., features]` all but the last; an image or signal into a convolution
+    `[batch, channels, *spatial]` is one token per example (a convolution's costs are per example)."""
     convs = any(node.target in CONV_OPS for node in gm.graph.nodes)
     for node in gm.graph.nodes:
         val = node.meta.get("val")
-        if not isinstance(val, torch.Tensor):
+        if node.op != "placeholder" or not isinstance(val, torch.Tensor):
             continue
         dims = [_hint(d) for d in val.shape]
-        if None in dims:
+        if None in dims or not dims:
             continue
-        if node.op == "placeholder" and tokens is None and dims:
-            # Token ids [batch, seq] count every element; feature inputs [batch, ..., features] all but the last;
-            # an image or signal into a convolution [batch, channels, *spatial] is one token per example.
-            feature_dims = dims[:1] if convs else dims[:-1] or [1]
-            tokens = max(math.prod(dims if not val.is_floating_point() else feature_dims), 1)
+        feature_dims = dims[:1] if convs else dims[:-1] or [1]
+        return max(math.prod(dims if not val.is_floating_point() else feature_dims), 1)
+    return 1
+
+
+def other_digital_bytes(gm: fx.GraphModule) -> float:
+    """Bytes per token that digital ops other than matrix products read and write (output read once,
+    written once), at the captured shapes divided by the captured tokens. Views and shape ops move nothing."""
+    total = 0.0
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if node.op != "call_function" or not isinstance(val, torch.Tensor):
             continue
-        if node.op != "call_function" or meta.MATMUL in node.meta or any(s in str(node.target) for s in _SHAPE_ONLY):
+        dims = [_hint(d) for d in val.shape]
+        if None in dims or meta.MATMUL in node.meta or any(s in str(node.target) for s in _SHAPE_ONLY):
             continue
         total += 2 * math.prod(dims) * val.element_size()
-    return total / (tokens or 1)
+    return total / captured_tokens(gm)
 
 
-def digital_cost(node: fx.Node, target) -> CostInfo:
+def digital_cost(node: fx.Node, target, tokens: int = 1) -> CostInfo:
+    """A digital product's cost on the target's baseline; `tokens`: tokens in the captured example."""
     base = get_baseline(costs_for(target).digital_baseline)
     info: meta.MatmulInfo = node.meta[meta.MATMUL]
-    macs = digital_macs(node)
+    macs = digital_macs(node, tokens)
     weight_bytes = info.k * info.n * base.bytes_per_weight if info.kind is MatmulKind.STATIC else 0.0
     energy, latency = base.energy_pj(macs, weight_bytes), base.latency_ns(macs, weight_bytes)
     return CostInfo(energy_pj=energy, latency_ns=latency, area_mm2=0.0, breakdown_pj=(("digital", energy),),
@@ -303,11 +336,12 @@ def estimate_cost(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     tokens = getattr(ctx, "tokens", 1)
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
         raise CostModelError(f"tokens={tokens!r} must be a positive integer (input vectors per inference)")
+    captured = captured_tokens(gm)
     for node in ctx.nodes(gm, key=meta.MATMUL):
         if is_mapped(node):
             node.meta[meta.COST] = mapped_cost(node, target, node.meta[meta.PLACEMENT].duplicates)
         else:
-            node.meta[meta.COST] = digital_cost(node, target)
+            node.meta[meta.COST] = digital_cost(node, target, captured)
     base = get_baseline(costs_for(target).digital_baseline)
     other = other_digital_bytes(gm)
     other_ns = base.latency_ns(0, other)

@@ -211,3 +211,32 @@ def test_a_saved_conv_plan_runs_the_same(tmp_path):
     loaded = nvcc_pt.load(cm.save(tmp_path / "plan"))
     assert torch.equal(loaded(x), cm(x))
     assert loaded.report.totals["mapped_ops"] == 4 and math.isclose(loaded.report.totals["mapped_macs_fraction"], 1.0)
+
+
+class _EinsumThenLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 6))
+        self.lin = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.lin(torch.einsum("bk,kn->bn", x, self.w))
+
+
+def test_mac_coverage_counts_a_static_product_of_no_linear_form():
+    torch.manual_seed(0)
+    cm = nvcc_pt.compile(_EinsumThenLinear().eval(), target="reram-128x128", example_inputs=(_x(2, 8),))
+    einsum, linear = cm.report.ops
+    assert not einsum["mapped"] and "einsum" in einsum["reason"] and linear["mapped"]
+    assert (einsum["macs"], linear["macs"]) == (8 * 6, 6 * 5)  # per token, the captured batch of 2 divided out
+    assert cm.report.totals["mapped_macs_fraction"] == pytest.approx(30 / 78, abs=1e-6)
+
+
+def test_monte_carlo_instances_in_one_pass_run_a_conv_as_one_at_a_time():
+    torch.manual_seed(0)
+    x = _x(2, 3, 13, 11)
+    cm = nvcc_pt.compile(_SmallCnn().eval(), target=_spec(sigma=0.05), example_inputs=(x,), fidelity="bit-serial")
+    metric = lambda m: m(x).square().mean()  # noqa: E731
+    one = nvcc_pt.montecarlo(cm, metric, seeds=3, instances_per_pass=1, progress=False)
+    stacked = nvcc_pt.montecarlo(cm, metric, seeds=3, instances_per_pass=3, progress=False)
+    assert one.values == stacked.values and len(set(one.values)) == 3
