@@ -107,6 +107,7 @@ def test_resnet18_maps_every_convolution_and_matches_torchvision_at_exact():
     assert (got - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")  # torch's note on its own copy
 def test_padding_modes_and_asymmetric_same_padding_give_the_right_numbers():
     torch.manual_seed(0)
     model = nn.Sequential(
