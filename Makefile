@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# The CPU build of torch first, pinned, so no dependency pulls the CUDA wheels.
 	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# torchvision (the tests' resnet18) beside the environment, not in it, and without dependencies: PyPI's
+	# wheel is built for the CUDA torch, and where its import fails it would break transformers (tests/_vision.py).
+	$(PY) -m pip install -q --no-deps --target $(VENV)/vision -c constraints.txt torchvision
 	touch $(STAMP)
 
 demo: $(STAMP)

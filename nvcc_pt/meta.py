@@ -52,6 +52,13 @@ class MatmulInfo:
     """False when the op is static but not of the form `y = x @ W^T + b` the crossbar op implements."""
     note: str = ""
     """Why a static op is not lowerable, or other detail for the report."""
+    vectors: int = 1
+    """Input vectors per token: 1 for a linear; a convolution's output positions per example (image, sequence)."""
+
+    @property
+    def macs(self) -> int:
+        """Weight multiply-accumulates per token: `k * n * vectors` (0 when the shape is not known)."""
+        return self.k * self.n * self.vectors
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
               "placement": str | None, "stage": int | None,
               "on": str | None,                 # "cim" or the digital baseline that runs the op
               "duplicates": int,                # copies of the weights (pipeline balancing)
-              "macs",                           # multiply-accumulates per token
+              "macs",                           # multiply-accumulates per token (a convolution: all its positions)
               "energy_pj", "latency_ns", "area_mm2",    # per token; latency of one copy
               "energy_breakdown_pj": {component: pJ},   # array, dac, adc, shift_add, input_buffer, ...
               "programming_energy_pj": float | None,    # writing the weights once (None: no figure)
@@ -27,7 +27,8 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
                 "mapped_params",                # weights stored on crossbars (a tied weight once)
                 "digital_params",               # every other parameter (biases, norms, embeddings)
                 "model_params",                 # mapped_params + digital_params
-                "mapped_macs_fraction",         # share of per-token weight MACs done on crossbars
+                "mapped_macs_fraction",         # share of per-token weight MACs done on crossbars: mapped over
+                                                # every static product, mapped or digital, convolutions included
                 "arrays_placed",                # arrays holding weights, copies included
                 "energy_pj", "cim_energy_pj", "digital_energy_pj",   # per token; energy_pj = sum of the rows
                 "energy_breakdown_pj": {component: pJ},              # sum of the rows' breakdowns
@@ -79,8 +80,9 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
             "weight_bits": None, "input_bits": None, "adc_bits": None, "device": None, "sigma": None,
             "placement": None, "stage": None, **_cost_fields(node.meta.get(meta.COST)),
         }
+        macs = row["macs"] or info.macs  # the cost's count knows einsums and batched weights at the captured shapes
         if info.kind is MatmulKind.STATIC:
-            static_macs += info.k * info.n
+            static_macs += macs
         if sel.mapped:
             grid: meta.TileGrid = node.meta[meta.TILES]
             prec: meta.Precision = node.meta[meta.PRECISION]
@@ -90,7 +92,7 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
                        utilization=round(grid.utilization, 4), weight_bits=prec.weight_bits,
                        input_bits=prec.input_bits, adc_bits=prec.adc_bits, device=noise.device, sigma=noise.sigma,
                        placement=place.describe(), stage=place.stage)
-            mapped_macs += info.k * info.n
+            mapped_macs += macs
             mapped_weights.setdefault(info.weight, []).append(info.module)
         ops.append(row)
 

@@ -16,6 +16,11 @@ input cycles (DESIGN.md, Numerics 5-8), from the target's `ComponentCosts`:
 - programming energy = every used cell written once (static weights: once per deployment;
   mapped dynamic products: every token).
 
+A convolution sends one input vector per output position through its arrays, so its figures
+per token (per example: one image, one sequence) are the per-vector counts and latency times its
+output positions (`MatmulInfo.vectors`, read from the node's output shape); its weights are
+read once per example, not once per position, on the digital baseline.
+
 The mapped ops run as a pipeline (one stage per dataflow level, `allocate`): a token's latency
 is the sum of the stages' slowest ops, and a new token enters every `max(latency / duplicates)`
 ns, set by the bottleneck op. Digital matrix products are costed on the target's
@@ -36,6 +41,7 @@ from nvcc_pt.targets.costs import READ_COMPONENTS, WRITE_COMPONENTS, costs_for, 
 from torch import fx
 
 from nvcc_pt import meta
+from nvcc_pt.conv import CONV_OPS
 from nvcc_pt.errors import CostModelError, DuplicationError
 from nvcc_pt.meta import CostInfo, MatmulKind
 from nvcc_pt.passmanager import PassContext, PassResult, graph_pass, is_mapped
@@ -86,7 +92,7 @@ def mapped_cost(node: fx.Node, target, duplicates: int = 1) -> CostInfo:
     costs.require(READ_COMPONENTS, target.name, "crossbar reads")
     s = scaled(costs, target, prec.adc_bits, prec.dac_bits)
     macros = _macros(grid.arrays, target.arrays_per_macro)
-    n = op_counts(grid, prec, macros)
+    n = {k: v * (info.vectors if k != "cells" else 1) for k, v in op_counts(grid, prec, macros).items()}
     energy = {
         "array": n["array_reads"] * s.array_read_pj,
         "dac": n["dac_drives"] * s.dac_pj,
@@ -103,7 +109,7 @@ def mapped_cost(node: fx.Node, target, duplicates: int = 1) -> CostInfo:
         programming = 0.0
     elif costs.cell_write_energy_pj is not None:
         programming = n["cells"] * duplicates * costs.cell_write_energy_pj
-    latency = op_latency_ns(grid, prec, target)
+    latency = op_latency_ns(grid, prec, target) * info.vectors
     if info.kind is MatmulKind.DYNAMIC:
         latency += grid.rows * costs.cell_write_latency_ns * grid.row_tiles
     per_array = s.array_mm2 + target.rows * s.dac_mm2 + costs.adcs_per_array * s.adc_mm2
@@ -114,8 +120,8 @@ def mapped_cost(node: fx.Node, target, duplicates: int = 1) -> CostInfo:
             "periphery": _macros(arrays, target.arrays_per_macro) * per_macro}
     assert abs(sum(area.values()) - (arrays * per_array + _macros(arrays, target.arrays_per_macro) * per_macro)) < 1e-9
     base = get_baseline(costs.digital_baseline)
-    macs = info.k * info.n
-    weight_bytes = macs * base.bytes_per_weight
+    macs = info.macs
+    weight_bytes = info.k * info.n * base.bytes_per_weight
     return CostInfo(
         energy_pj=sum(energy.values()), latency_ns=latency, area_mm2=sum(area.values()),
         breakdown_pj=tuple(energy.items()), on="cim", duplicates=duplicates, macs=macs,
@@ -134,12 +140,16 @@ def _hint(dim) -> int | None:
     return hint if isinstance(hint, int) else None
 
 
-def digital_macs(node: fx.Node) -> int:
-    """Multiply-accumulates per token of a digital product: K*N for a static one; for a dynamic one
-    (attention) the product over the captured sequence, per query row: heads * S_k * d (twice for SDPA)."""
+def digital_macs(node: fx.Node, tokens: int = 1) -> int:
+    """Multiply-accumulates per token of a digital product: `MatmulInfo.macs` for a static one (a static
+    product of no `[K, N]` form, such as an einsum, at the captured shapes over the captured `tokens`); for a
+    dynamic one (attention) the product over the captured sequence, per query row: heads * S_k * d (twice
+    for SDPA)."""
     info: meta.MatmulInfo = node.meta[meta.MATMUL]
-    if info.kind is MatmulKind.STATIC:
-        return info.k * info.n
+    if info.kind is MatmulKind.STATIC and info.macs == 0:
+        return round(_captured_macs(node) / tokens)
+    if info.kind is MatmulKind.STATIC or node.target in CONV_OPS:
+        return info.macs
     try:
         a, b = ([_hint(d) for d in arg.meta["val"].shape] for arg in node.args[:2])
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
@@ -152,37 +162,70 @@ def digital_macs(node: fx.Node) -> int:
     return int(heads * a[-1] * b[-1])
 
 
+def _dims(node) -> list[int | None]:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return [_hint(d) for d in val.shape] if isinstance(val, torch.Tensor) else [None]
+
+
+def _captured_macs(node: fx.Node) -> int:
+    """Multiply-accumulates of a matmul-like node at the captured shapes (0 where a size is unknown)."""
+    if node.target is torch.ops.aten.einsum.default:
+        equation, operands = node.args[0].replace(" ", ""), node.args[1]
+        if "..." in equation:
+            return 0
+        sizes: dict[str, int | None] = {}
+        for term, operand in zip(equation.split("->")[0].split(","), operands):
+            sizes.update(zip(term, _dims(operand)))
+        values = list(sizes.values())  # every index, summed or kept, is one loop of the product
+    else:
+        left = node.args[1] if node.target in (torch.ops.aten.addmm.default, torch.ops.aten.baddbmm.default) \
+            else node.args[0]
+        values = [*_dims(node), _dims(left)[-1]]  # every output element sums over the contraction
+    return 0 if None in values else math.prod(values)
+
+
 _SHAPE_ONLY = ("getitem", "sym_size", "_assert", "view", "reshape", "unsqueeze", "squeeze", "expand", "transpose",
                "permute", "slice", "alias", "detach", "_unsafe_view", "t.default", "select", "split")
+
+
+def captured_tokens(gm: fx.GraphModule) -> int:
+    """Tokens in the captured example, from the first input: token ids `[batch, seq]` count every element;
+    feature inputs `[batch, ..., features]` all but the last; an image or signal into a convolution
+    `[batch, channels, *spatial]` is one token per example (a convolution's costs are per example)."""
+    convs = any(node.target in CONV_OPS for node in gm.graph.nodes)
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if node.op != "placeholder" or not isinstance(val, torch.Tensor):
+            continue
+        dims = [_hint(d) for d in val.shape]
+        if None in dims or not dims:
+            continue
+        feature_dims = dims[:1] if convs else dims[:-1] or [1]
+        return max(math.prod(dims if not val.is_floating_point() else feature_dims), 1)
+    return 1
 
 
 def other_digital_bytes(gm: fx.GraphModule) -> float:
     """Bytes per token that digital ops other than matrix products read and write (output read once,
     written once), at the captured shapes divided by the captured tokens. Views and shape ops move nothing."""
-    tokens = None
     total = 0.0
     for node in gm.graph.nodes:
         val = node.meta.get("val")
-        if not isinstance(val, torch.Tensor):
+        if node.op != "call_function" or not isinstance(val, torch.Tensor):
             continue
         dims = [_hint(d) for d in val.shape]
-        if None in dims:
-            continue
-        if node.op == "placeholder" and tokens is None and dims:
-            # Token ids [batch, seq] count every element; feature inputs [batch, ..., features] all but the last.
-            tokens = max(math.prod(dims if not val.is_floating_point() else dims[:-1] or [1]), 1)
-            continue
-        if node.op != "call_function" or meta.MATMUL in node.meta or any(s in str(node.target) for s in _SHAPE_ONLY):
+        if None in dims or meta.MATMUL in node.meta or any(s in str(node.target) for s in _SHAPE_ONLY):
             continue
         total += 2 * math.prod(dims) * val.element_size()
-    return total / (tokens or 1)
+    return total / captured_tokens(gm)
 
 
-def digital_cost(node: fx.Node, target) -> CostInfo:
+def digital_cost(node: fx.Node, target, tokens: int = 1) -> CostInfo:
+    """A digital product's cost on the target's baseline; `tokens`: tokens in the captured example."""
     base = get_baseline(costs_for(target).digital_baseline)
     info: meta.MatmulInfo = node.meta[meta.MATMUL]
-    macs = digital_macs(node)
-    weight_bytes = macs * base.bytes_per_weight if info.kind is MatmulKind.STATIC else 0.0
+    macs = digital_macs(node, tokens)
+    weight_bytes = info.k * info.n * base.bytes_per_weight if info.kind is MatmulKind.STATIC else 0.0
     energy, latency = base.energy_pj(macs, weight_bytes), base.latency_ns(macs, weight_bytes)
     return CostInfo(energy_pj=energy, latency_ns=latency, area_mm2=0.0, breakdown_pj=(("digital", energy),),
                     on=base.name, macs=macs, baseline_energy_pj=energy, baseline_latency_ns=latency)
@@ -247,7 +290,8 @@ def plan_duplicates(gm: fx.GraphModule, ctx: PassContext) -> dict[str, int]:
         raise DuplicationError(f"duplicate={request!r}; use False, True or a dict {{op or module glob: copies}}")
     # More copies than tokens in flight would sit idle: a prefill of T tokens keeps at most T copies busy.
     most = max(getattr(ctx, "tokens", 1), 1)
-    latency = [op_latency_ns(n.meta[meta.TILES], n.meta[meta.PRECISION], target) for n in nodes]
+    latency = [op_latency_ns(n.meta[meta.TILES], n.meta[meta.PRECISION], target) * n.meta[meta.MATMUL].vectors
+               for n in nodes]
     while nodes:
         worst = max(range(len(nodes)), key=lambda i: latency[i] / dup[i])
         if dup[worst] >= most:
@@ -292,11 +336,12 @@ def estimate_cost(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     tokens = getattr(ctx, "tokens", 1)
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1:
         raise CostModelError(f"tokens={tokens!r} must be a positive integer (input vectors per inference)")
+    captured = captured_tokens(gm)
     for node in ctx.nodes(gm, key=meta.MATMUL):
         if is_mapped(node):
             node.meta[meta.COST] = mapped_cost(node, target, node.meta[meta.PLACEMENT].duplicates)
         else:
-            node.meta[meta.COST] = digital_cost(node, target)
+            node.meta[meta.COST] = digital_cost(node, target, captured)
     base = get_baseline(costs_for(target).digital_baseline)
     other = other_digital_bytes(gm)
     other_ns = base.latency_ns(0, other)

@@ -5,16 +5,22 @@ view-like ops only (transpose, view, reshape, ...). A product with a static oper
 STATIC (weight-stationary, a crossbar candidate); one whose operands are all activations
 is DYNAMIC (attention QK^T, AV). Only `y = x @ W^T + b` shapes are lowerable: a static
 left operand, a batched static operand or an einsum stays digital with a note.
+A 1-d or 2-d convolution with a static weight is STATIC with its unrolled shape
+(`K = C_in * prod(kernel)`, `N = C_out`, one input vector per output position, `nvcc_pt.conv`);
+transposed, grouped and 3-d convolutions stay digital with the reason.
 Nodes that are not matmul-like are left alone.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import fx
 
 from nvcc_pt import meta
 from nvcc_pt.capture import WRAPPED
+from nvcc_pt.conv import CONV_OPS, geometry
 from nvcc_pt.meta import MatmulInfo, MatmulKind
 from nvcc_pt.passmanager import PassContext, PassResult, graph_pass
 
@@ -89,6 +95,8 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> MatmulInfo:
         q, k = _shape(node.args[0]), _shape(node.args[1])
         return MatmulInfo(name, MatmulKind.DYNAMIC, module, module_type, _int(q[-1]) if q else 0,
                           _int(k[-2]) if len(k) > 1 else 0, note="attention QK^T and AV")
+    if op in CONV_OPS:
+        return _classify_conv(gm, node, name, module, module_type)
     if op is aten.einsum.default:
         operands = node.args[1]
         roots = [static_root(a) for a in operands]
@@ -130,6 +138,24 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> MatmulInfo:
                       weight_transposed=transposed, bias=user_name(bias_root.target) if bias_root is not None else None)
 
 
+def _classify_conv(gm: fx.GraphModule, node: fx.Node, name: str, module: str, module_type: str) -> MatmulInfo:
+    x, w = node.args[0], node.args[1]
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    root = static_root(w)
+    g = geometry(node, _shape(w) or (static_value(gm, w).shape if root is not None else ()))
+    if root is None or static_root(x) is not None:
+        return MatmulInfo(name, MatmulKind.DYNAMIC, module, module_type, g.k, g.out_channels, vectors=g.positions)
+    if g.transposed:  # each input position meets the whole weight: C_in x (C_out/groups * prod(kernel)) MACs
+        k, n, vectors = g.in_channels, g.out_channels // g.groups * math.prod(g.kernel), math.prod(g.in_spatial)
+    else:  # per output position, every group's K x N/groups block
+        k, n, vectors = g.k, g.out_channels, g.positions
+    bias_root = static_root(bias) if isinstance(bias, fx.Node) else None
+    reason = g.unsupported
+    return MatmulInfo(name, MatmulKind.STATIC, module, module_type, k, n, weight=user_name(root.target),
+                      bias=user_name(bias_root.target) if bias_root is not None else None, lowerable=reason is None,
+                      note=reason or f"convolution unrolled: {g.positions} output positions", vectors=vectors)
+
+
 def _static_or_dynamic(name, module, module_type, node, stationary, other, note) -> MatmulInfo:
     root = static_root(stationary)
     if root is None:
@@ -141,6 +167,6 @@ def _static_or_dynamic(name, module, module_type, node, stationary, other, note)
 @graph_pass(provides=(meta.MATMUL,))
 def find_matmuls(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     for node in ctx.nodes(gm):
-        if node.op == "call_function" and node.target in MATMUL_OPS:
+        if node.op == "call_function" and (node.target in MATMUL_OPS or node.target in CONV_OPS):
             node.meta[meta.MATMUL] = classify(gm, node)
     return PassResult(gm, modified=False)

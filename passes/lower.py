@@ -2,8 +2,10 @@
 
 Rule: `linear(x, W, b)`, `addmm(b, x, W)`, `mm(x, W)` and `matmul(x, W)` with a static `W`
 become `cim_linear(x, W_eff, b, state, config)`, with the weight oriented `[N, K]` and the
-state held by a `CimState` module at `cim.<node>`. The new node keeps the old node's
-records. Digital ops, including unmapped matmuls, are left as they are.
+state held by a `CimState` module at `cim.<node>`. A convolution becomes
+`unfold (im2col) -> cim_linear(patches, W.reshape(C_out, -1), b) -> fold back` (`nvcc_pt.conv`),
+so it runs through the same op, one input vector per output position. The new node keeps the
+old node's records. Digital ops, including unmapped matmuls, are left as they are.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from nvcc_pt.passes.find_matmuls import static_value
 from torch import fx, nn
 
 from nvcc_pt import meta
+from nvcc_pt.conv import CONV_OPS, emit_fold, emit_unfold, geometry
 from nvcc_pt.ops import CimState
 from nvcc_pt.passmanager import PassContext, PassResult, graph_pass
 
@@ -22,7 +25,7 @@ STATE_ROOT = "cim"
 
 def operands(node: fx.Node):
     """(x, weight operand, bias) of a lowerable product."""
-    if node.target is aten.linear.default:
+    if node.target is aten.linear.default or node.target in CONV_OPS:
         bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         return node.args[0], node.args[1], bias
     if node.target is aten.addmm.default:
@@ -55,17 +58,25 @@ def lower(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         weight = static_value(gm, w)
         if node.meta[meta.MATMUL].weight_transposed:
             weight = weight.t()
+        conv = geometry(node, weight.shape) if node.target in CONV_OPS else None
+        if conv is not None:
+            weight = weight.reshape(weight.shape[0], -1)
         state = CimState(weight, op_config(node, fidelity, ctx.target))
         root.add_module(node.name, state)
         with gm.graph.inserting_before(node):
             prefix = f"{STATE_ROOT}.{node.name}"
             w_node = gm.graph.get_attr(f"{prefix}.weight")
             state_nodes = [gm.graph.get_attr(f"{prefix}.{s}") for s in CimState.STATE]
+            if conv is not None:
+                x = emit_unfold(gm.graph, x, conv)
             new = gm.graph.call_function(torch.ops.nvcc_pt.cim_linear.default,
                                          (x, w_node, bias, state_nodes, state.config_json()))
+            out = emit_fold(gm.graph, new, conv) if conv is not None else new
         new.meta.update(node.meta)
+        if conv is not None:
+            new.meta.pop("val", None)  # the product's value is the patches' [batch, positions, C_out], not the conv's
         new.meta["nvcc_pt.lowered_from"] = node.name
-        node.replace_all_uses_with(new)
+        node.replace_all_uses_with(out)
         gm.graph.erase_node(node)
         modified = True
     if modified:
