@@ -22,7 +22,7 @@ def decide(info: meta.MatmulInfo, ctx: PassContext) -> Selection:
     policy = ctx.policy
     if info.kind is MatmulKind.DYNAMIC:
         if not policy.map_dynamic:
-            return Selection(False, "dynamic product (both operands are activations); map_dynamic=True maps attention")
+            return Selection(False, "dynamic product (both operands are activations)")
         if not (info.lowerable and info.seq_axis and info.k and info.n):
             reason = info.note or "not an attention product decompose_attention made explicit"
             if "scaled_dot_product_attention" in info.op:

@@ -45,6 +45,12 @@ def noisy(llama):
     return nvcc_pt.compile(llama, fidelity="noisy", seed=3, policy=DYNAMIC)
 
 
+@pytest.fixture(scope="module")
+def plain(llama):
+    """The same compile without map_dynamic."""
+    return nvcc_pt.compile(llama, fidelity="noisy", seed=3)
+
+
 # -- the decomposition ---------------------------------------------------------------------------
 class Attention(nn.Module):
     def __init__(self, **kwargs):
@@ -106,8 +112,7 @@ def test_decomposition_leaves_attention_alone_without_map_dynamic_or_with_dropou
 
 
 # -- the plan ------------------------------------------------------------------------------------
-def test_map_dynamic_maps_qk_and_av_of_every_attention_layer(llama, noisy):
-    plain = nvcc_pt.compile(llama, fidelity="noisy", seed=3)
+def test_map_dynamic_maps_qk_and_av_of_every_attention_layer(llama, noisy, plain):
     layers = llama.config.num_hidden_layers
     assert noisy.report.totals["mapped_ops"] == plain.report.totals["mapped_ops"] + 2 * layers
     dynamic = [o for o in noisy.report.ops if o["kind"] == "dynamic"]
@@ -117,7 +122,7 @@ def test_map_dynamic_maps_qk_and_av_of_every_attention_layer(llama, noisy):
     assert "dynamic" not in plain.report.totals
     # Their arrays are their own: no two ops' placements overlap, and each head's grid is counted.
     spans = []
-    for name, recs in noisy.plan.records.items():
+    for recs in noisy.plan.records.values():
         place = recs.get(nvcc_pt.meta.PLACEMENT)
         if place is not None:
             heads = recs[nvcc_pt.meta.MATMUL].instances
@@ -161,8 +166,7 @@ def test_exact_equals_the_model_with_an_attention_mask(llama, ids):
         torch.testing.assert_close(_logits(cm(ids, mask)), model(ids, mask), rtol=0, atol=1e-5)
 
 
-def test_noisy_writes_change_the_output(llama, ids, noisy):
-    plain = nvcc_pt.compile(llama, fidelity="noisy", seed=3)
+def test_noisy_writes_change_the_output(llama, ids, noisy, plain):
     with torch.no_grad():
         exact = llama(ids).logits
         err_dynamic = (_logits(noisy.program(3)(ids)) - exact).abs().max()
@@ -261,8 +265,7 @@ def test_cell_writes_and_write_energy_follow_the_shapes(llama, noisy):
     assert "cell writes per inference" in str(noisy.report)
 
 
-def test_static_ops_cost_the_same_with_map_dynamic(llama, noisy):
-    plain = nvcc_pt.compile(llama, fidelity="noisy", seed=3)
+def test_static_ops_cost_the_same_with_map_dynamic(noisy, plain):
     static = {o["name"]: o["energy_pj"] for o in plain.report.ops if o["kind"] == "static"}
     assert static == {o["name"]: o["energy_pj"] for o in noisy.report.ops if o["kind"] == "static"}
 
