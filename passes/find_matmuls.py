@@ -98,7 +98,8 @@ def attention_product(node: fx.Node, module: str, module_type: str) -> MatmulInf
 
     K and N are taken at the captured example's sequence length; `instances` counts b's heads.
     """
-    dims = [_hint(d) for d in node.args[1].meta["val"].shape]
+    val = node.args[1].meta.get("val")
+    dims = [_hint(d) for d in val.shape] if isinstance(val, torch.Tensor) else []
     part = node.meta[ATTENTION]
     seq_axis = "n" if part == "qk" else "k"
     if None in dims or len(dims) < 2:
