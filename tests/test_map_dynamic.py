@@ -5,6 +5,7 @@ of their own), the numbers (exact equals the model, noisy draws write noise a ha
 reproduces, seeds replay), the cost (cell writes counted from the shapes) and dynamic shapes.
 """
 
+import json
 import math
 
 import pytest
@@ -268,6 +269,14 @@ def test_cell_writes_and_write_energy_follow_the_shapes(llama, noisy):
 def test_static_ops_cost_the_same_with_map_dynamic(noisy, plain):
     static = {o["name"]: o["energy_pj"] for o in plain.report.ops if o["kind"] == "static"}
     assert static == {o["name"]: o["energy_pj"] for o in noisy.report.ops if o["kind"] == "static"}
+
+
+def test_the_command_line_maps_dynamic_products(tmp_path, capsys):
+    from nvcc_pt.cli import main
+
+    assert main(["compile", "--model", "builtin:tiny-llama", "--map-dynamic", "--report", str(tmp_path / "r.json")]) == 0
+    assert "cell writes per inference" in capsys.readouterr().out
+    assert json.loads((tmp_path / "r.json").read_text())["totals"]["dynamic"]["mapped_ops"] == 4
 
 
 def test_onnx_export_refuses_mapped_dynamic_products(noisy, tmp_path):
