@@ -258,15 +258,17 @@ def plan_duplicates(gm: fx.GraphModule, ctx: PassContext) -> dict[str, int]:
     chips = target.chips if target.chips is not None else -(-base_end // per_chip)
     capacity = chips * per_chip
     dup = [1] * len(nodes)
+    written = [n.meta[meta.MATMUL].kind is MatmulKind.DYNAMIC for n in nodes]
     if isinstance(request, dict):
         for pattern, copies in request.items():
             if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
                 raise DuplicationError(f"duplicate[{pattern!r}]={copies!r} must be a positive integer count of copies")
-            hits = [i for i, n in enumerate(nodes)
-                    if fnmatch.fnmatchcase(n.name, pattern) or fnmatch.fnmatchcase(n.meta[meta.MATMUL].module, pattern)]
+            hits = [i for i, n in enumerate(nodes) if not written[i] and (
+                fnmatch.fnmatchcase(n.name, pattern) or fnmatch.fnmatchcase(n.meta[meta.MATMUL].module, pattern))]
             if not hits:
-                raise DuplicationError(f"duplicate names {pattern!r}, which matches no mapped op; use a node name or "
-                                       "module glob from the report")
+                raise DuplicationError(f"duplicate names {pattern!r}, which matches no mapped static op; use a node "
+                                       "name or module glob from the report (dynamic products, written per input, "
+                                       "are not duplicated: every copy would be written too)")
             for i in hits:
                 dup[i] = copies
         need = _end_array([a * d for a, d in zip(arrays, dup)], per_macro)
@@ -283,7 +285,7 @@ def plan_duplicates(gm: fx.GraphModule, ctx: PassContext) -> dict[str, int]:
     latency = [op_latency_ns(n.meta[meta.TILES], n.meta[meta.PRECISION], target) for n in nodes]
     while nodes:
         worst = max(range(len(nodes)), key=lambda i: latency[i] / dup[i])
-        if dup[worst] >= most:
+        if dup[worst] >= most or written[worst]:  # a copy of a written operand is written too: no gain
             break
         dup[worst] += 1
         if _end_array([a * d for a, d in zip(arrays, dup)], per_macro) > capacity:

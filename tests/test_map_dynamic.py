@@ -134,11 +134,15 @@ def test_map_dynamic_maps_qk_and_av_of_every_attention_layer(llama, noisy, plain
     assert noisy.report.totals["arrays"] > plain.report.totals["arrays"]
 
 
-def test_policy_exclude_keeps_a_layers_attention_digital(llama):
-    cm = nvcc_pt.compile(llama, fidelity="exact", policy={"map_dynamic": True, "exclude": ["*.layers.1.self_attn"]})
+def test_policy_exclude_keeps_a_layers_attention_digital_and_written_operands_get_no_copies(llama):
+    cm = nvcc_pt.compile(llama, fidelity="exact", policy={"map_dynamic": True, "exclude": ["*.layers.1.self_attn"]},
+                         duplicate=True, tokens=8)
     dynamic = {o["module"]: o for o in cm.report.ops if o["kind"] == "dynamic"}
     assert dynamic["model.layers.0.self_attn"]["mapped"] and not dynamic["model.layers.1.self_attn"]["mapped"]
     assert "exclude" in dynamic["model.layers.1.self_attn"]["reason"]
+    assert dynamic["model.layers.0.self_attn"]["duplicates"] == 1
+    with pytest.raises(nvcc_pt.errors.DuplicationError, match="not duplicated"):
+        nvcc_pt.compile(llama, fidelity="exact", policy=DYNAMIC, duplicate={"model.layers.0.self_attn": 2})
 
 
 # -- the numbers ---------------------------------------------------------------------------------
