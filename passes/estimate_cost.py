@@ -266,9 +266,9 @@ def plan_duplicates(gm: fx.GraphModule, ctx: PassContext) -> dict[str, int]:
             hits = [i for i, n in enumerate(nodes) if not written[i] and (
                 fnmatch.fnmatchcase(n.name, pattern) or fnmatch.fnmatchcase(n.meta[meta.MATMUL].module, pattern))]
             if not hits:
-                raise DuplicationError(f"duplicate names {pattern!r}, which matches no mapped static op; use a node "
-                                       "name or module glob from the report (dynamic products, written per input, "
-                                       "are not duplicated: every copy would be written too)")
+                raise DuplicationError(f"duplicate names {pattern!r}, which matches no mapped op that can be copied; "
+                                       "use a node name or module glob from the report (dynamic products, written "
+                                       "per input, are not duplicated: every copy would be written too)")
             for i in hits:
                 dup[i] = copies
         need = _end_array([a * d for a, d in zip(arrays, dup)], per_macro)

@@ -141,7 +141,7 @@ def test_policy_exclude_keeps_a_layers_attention_digital_and_written_operands_ge
     assert dynamic["model.layers.0.self_attn"]["mapped"] and not dynamic["model.layers.1.self_attn"]["mapped"]
     assert "exclude" in dynamic["model.layers.1.self_attn"]["reason"]
     assert dynamic["model.layers.0.self_attn"]["duplicates"] == 1
-    with pytest.raises(nvcc_pt.errors.DuplicationError, match="not duplicated"):
+    with pytest.raises(nvcc_pt.errors.DuplicationError, match="dynamic products, written per input, are not duplicated"):
         nvcc_pt.compile(llama, fidelity="exact", policy=DYNAMIC, duplicate={"model.layers.0.self_attn": 2})
 
 
