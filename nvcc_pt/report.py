@@ -46,8 +46,10 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
                 "baseline",                     # digital baseline name
                 "mapped_baseline_energy_pj", "mapped_baseline_latency_ns",  # mapped ops run digitally instead
                 "energy_ratio", "speedup",      # baseline / CiM for the mapped ops (energy; latency of one token)
-                "dynamic": {"mapped_ops",       # only when map_dynamic mapped a product "energy_pj", "baseline_energy_pj", "extra_energy_pj",  # per token
+                "dynamic": {                    # only when map_dynamic mapped a product; per token:
+                            "mapped_ops", "energy_pj", "baseline_energy_pj", "extra_energy_pj",
                             "extra_latency_ns", "write_energy_pj", "write_latency_ns",
+                            # per inference of seq_len tokens; the shortest-lived op's lifetime:
                             "cell_writes_per_inference", "seq_len", "lifetime_inferences"}},
      "costs": {"components": {...}, "baseline": {...}}}   # the figures used (targets/costs.py)
 """
@@ -94,7 +96,8 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
             prec: meta.Precision = node.meta[meta.PRECISION]
             noise: meta.NoiseInfo = node.meta[meta.NOISE]
             place: meta.Placement = node.meta[meta.PLACEMENT]
-            row.update(arrays=grid.arrays * info.instances, row_tiles=grid.row_tiles, col_tiles=grid.col_tiles, slices=grid.slices,
+            row.update(arrays=grid.arrays * info.instances, row_tiles=grid.row_tiles, col_tiles=grid.col_tiles,
+                       slices=grid.slices,
                        utilization=round(grid.utilization, 4), weight_bits=prec.weight_bits,
                        input_bits=prec.input_bits, adc_bits=prec.adc_bits, device=noise.device, sigma=noise.sigma,
                        placement=place.describe(), stage=place.stage)

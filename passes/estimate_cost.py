@@ -34,6 +34,7 @@ import math
 from typing import Any
 
 import torch
+from nvcc_pt.passes.find_matmuls import size_hint as _hint
 from nvcc_pt.targets.costs import READ_COMPONENTS, WRITE_COMPONENTS, costs_for, get_baseline, scaled
 from torch import fx
 
@@ -156,15 +157,6 @@ def mapped_cost(node: fx.Node, target, duplicates: int = 1) -> CostInfo:
         cell_writes_per_inference=int(writes.get("cells_per_inference", 0)),
         lifetime_inferences=writes.get("lifetime_inferences"),
     )
-
-
-def _hint(dim) -> int | None:
-    """A dimension's size in the captured example, without guarding on a symbolic one (which would
-    specialize the exported program's dynamic shapes)."""
-    if isinstance(dim, int):
-        return dim
-    hint = getattr(getattr(dim, "node", None), "hint", None)
-    return hint if isinstance(hint, int) else None
 
 
 def digital_macs(node: fx.Node) -> int:

@@ -3,9 +3,11 @@
 Rule: an operand is *static* when it is a parameter, buffer or constant, reached through
 view-like ops only (transpose, view, reshape, ...). A product with a static operand is
 STATIC (weight-stationary, a crossbar candidate); one whose operands are all activations
-is DYNAMIC (attention QK^T, AV). The QK^T and AV products `decompose_attention` emits are
-DYNAMIC with K and N of their right operand at the captured sequence length, and its heads. Only `y = x @ W^T + b` shapes are lowerable: a static
-left operand, a batched static operand or an einsum stays digital with a note.
+is DYNAMIC (attention QK^T, AV). Only `y = x @ W^T + b` shapes are lowerable: a static
+left operand, a batched static operand or an einsum stays digital with a note. The QK^T
+and AV products `decompose_attention` emits are DYNAMIC with the K and N of their right
+operand at the captured sequence length, and its heads; other dynamic products are not
+lowerable.
 Nodes that are not matmul-like are left alone.
 """
 
@@ -81,8 +83,9 @@ def _shape(node) -> tuple:
     return tuple(val.shape) if isinstance(val, torch.Tensor) else ()
 
 
-def _hint(dim) -> int | None:
-    """A dimension's size in the captured example, without guarding on a symbolic one."""
+def size_hint(dim) -> int | None:
+    """A dimension's size in the captured example, without guarding on a symbolic one (which would
+    specialize the exported program's dynamic shapes)."""
     if isinstance(dim, int):
         return dim
     hint = getattr(getattr(dim, "node", None), "hint", None)
@@ -99,7 +102,7 @@ def attention_product(node: fx.Node, module: str, module_type: str) -> MatmulInf
     K and N are taken at the captured example's sequence length; `instances` counts b's heads.
     """
     val = node.args[1].meta.get("val")
-    dims = [_hint(d) for d in val.shape] if isinstance(val, torch.Tensor) else []
+    dims = [size_hint(d) for d in val.shape] if isinstance(val, torch.Tensor) else []
     part = node.meta[ATTENTION]
     seq_axis = "n" if part == "qk" else "k"
     if None in dims or len(dims) < 2:
