@@ -15,7 +15,8 @@ from nvcc_pt.capture import CaptureInfo, capture, prompted_parts
 from nvcc_pt.cuda_graphs import GraphCache
 from nvcc_pt.errors import DeviceError, FidelityError, InputError
 from nvcc_pt.ops import FIDELITIES
-from nvcc_pt.passes.lower import lower
+from nvcc_pt.passes.decompose_attention import decompose_attention
+from nvcc_pt.passes.lower import lower, write_states
 from nvcc_pt.passmanager import MappingPolicy, PassContext, run_passes
 from nvcc_pt.pipeline import run_pipeline
 from nvcc_pt.plan import ExecutablePlan, attach_records, collect_records, decode_records, read_plan_dir, save_plan
@@ -46,8 +47,9 @@ class CompiledModel:
         self.report = report
         self.soft_prompt = soft_prompt
         """The soft prompt used when a call passes none (prompted models with the prompt as an input)."""
-        self.cuda_graphs = True
-        """On a CUDA device, replay repeated inference calls (no autograd) from CUDA graphs, one per input shape."""
+        self.cuda_graphs = not write_states(plan.graph_module)
+        """On a CUDA device, replay repeated inference calls (no autograd) from CUDA graphs, one per input shape
+        (off when dynamic products are mapped: their write noise is drawn on the host per call)."""
         self._graphs = GraphCache()
         self._checked = None
         self._addresses: tuple | None = None
@@ -158,6 +160,8 @@ class CompiledModel:
         with ThreadPoolExecutor(max(1, min(len(states), torch.get_num_threads()))) as pool:
             list(tqdm(pool.map(program_one, range(len(states))), total=len(states), desc="programming crossbars",
                       disable=len(states) < 64))
+        for _, writes in write_states(self.graph_module):
+            writes.reseed(seed)  # operands written per input draw their noise from (seed, op, call)
         self.plan.seed = seed
         self.report._data["seed"] = seed
         self._state_replaced()
@@ -265,8 +269,10 @@ def _retarget_devices(gm: fx.GraphModule, device: torch.device) -> None:
 
 def _relower(exported, records, target, fidelity, seed, capture_info, results) -> ExecutablePlan:
     gm = exported.module(check_guards=False)
+    ctx = PassContext(target=target, results={"fidelity": fidelity, "seed": seed},
+                      policy=MappingPolicy(map_dynamic=bool(results.get("map_dynamic"))))
+    gm = run_passes(gm, ctx, [decompose_attention])  # the records name the nodes it made
     attach_records(gm, records)
-    ctx = PassContext(target=target, results={"fidelity": fidelity})
     ctx.provided.update(meta.RECORD_TYPES)
     gm = run_passes(gm, ctx, [lower])
     return ExecutablePlan(gm, exported, target, fidelity, seed, capture_info, records, dict(results))
@@ -313,8 +319,10 @@ def compile(  # noqa: A001 - the name users expect
     """
     spec = get_target(target)
     _check_fidelity(fidelity)
-    ctx = PassContext(target=spec, policy=MappingPolicy.coerce(policy), precision=dict(precision or {}),
-                      results={"fidelity": fidelity}, duplicate=duplicate, tokens=tokens)
+    policy = MappingPolicy.coerce(policy)
+    ctx = PassContext(target=spec, policy=policy, precision=dict(precision or {}),
+                      results={"fidelity": fidelity, "seed": seed, "map_dynamic": policy.map_dynamic},
+                      duplicate=duplicate, tokens=tokens)
     exported, info = capture(model, example_inputs, soft_prompt=soft_prompt, constant_prompt=constant_prompt,
                              dynamic_shapes=dynamic_shapes)
     gm = exported.module(check_guards=False)

@@ -45,7 +45,8 @@ def _compile(args) -> int:
     model = build_model(args.model, seed=args.seed)
     if args.prompt_tokens:
         model = SoftPromptLM(model, num_virtual_tokens=args.prompt_tokens, seed=args.seed)
-    policy = nvcc_pt.MappingPolicy(exclude=tuple(args.exclude or ()), map_lm_head=not args.lm_head_digital)
+    policy = nvcc_pt.MappingPolicy(exclude=tuple(args.exclude or ()), map_lm_head=not args.lm_head_digital,
+                                   map_dynamic=args.map_dynamic)
     cm = nvcc_pt.compile(model, target=args.target, fidelity=args.fidelity, seed=args.seed, policy=policy)
     print(cm.report)
     ids = torch.randint(0, cm.plan.capture.vocab_size or 2, (1, 8), generator=torch.Generator().manual_seed(args.seed))
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, default=0, help="prepend N trainable virtual tokens (soft prompt)")
     p.add_argument("--exclude", action="append", help="module-name glob to keep digital (repeatable)")
     p.add_argument("--lm-head-digital", action="store_true", help="keep the output head digital")
+    p.add_argument("--map-dynamic", action="store_true",
+                   help="map attention's QK^T and AV too (K and V written into cells per input)")
     p.add_argument("--report", help="write the mapping report JSON here")
     p.add_argument("--save", help="save the plan directory here")
     p.set_defaults(func=_compile)

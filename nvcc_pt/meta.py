@@ -52,6 +52,12 @@ class MatmulInfo:
     """False when the op is static but not of the form `y = x @ W^T + b` the crossbar op implements."""
     note: str = ""
     """Why a static op is not lowerable, or other detail for the report."""
+    instances: int = 1
+    """Independent `[K, N]` products per input sequence (attention heads) of a DYNAMIC op, each on its own arrays."""
+    seq_len: int = 0
+    """For a mapped DYNAMIC op: the sequence length `k` and `n` were taken at (the captured example's); 0 otherwise."""
+    seq_axis: str = ""
+    """For a mapped DYNAMIC op: which of `k`, `n` grows with the sequence ("k" for AV, "n" for QK^T)."""
     vectors: int = 1
     """Input vectors per token: 1 for a linear; a convolution's output positions per example (image, sequence)."""
 
@@ -215,6 +221,14 @@ class CostInfo:
     """The same product on the target's digital baseline, ns per token."""
     counts: tuple[tuple[str, float], ...] = ()
     """Events per token the energy is made of (array reads, ADC conversions, bytes, ...)."""
+    write_energy_pj: float = 0.0
+    """Writing a DYNAMIC op's operand into cells, pJ per token (part of `energy_pj`); 0 for static ops."""
+    write_latency_ns: float = 0.0
+    """Writing a DYNAMIC op's operand, ns per token (part of `latency_ns`); 0 for static ops."""
+    cell_writes_per_inference: int = 0
+    """Cells a DYNAMIC op writes for one inference (one sequence of `MatmulInfo.seq_len` tokens)."""
+    lifetime_inferences: float | None = None
+    """Inferences until the most-written cell reaches the device's endurance; None for static ops or no figure."""
 
 
 RECORD_TYPES: dict[str, type] = {

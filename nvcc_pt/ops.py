@@ -90,3 +90,67 @@ class CimState(nn.Module):
 
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)
+
+
+# `nvcc_pt::cim_matmul(a, b, state, config) -> a @ b` with `b` (k^T or v of attention, batched over batch and
+# heads) written into crossbar cells on every call. `state` is the op's `WriteState.key`, (seed, calls made):
+# the op reads it to seed this call's write noise and counts the call in it, so runs replay from a seed.
+torch.library.define("nvcc_pt::cim_matmul", "(Tensor a, Tensor b, Tensor state, str config) -> Tensor")
+
+
+@torch.library.register_fake("nvcc_pt::cim_matmul")
+def _cim_matmul_shape(a, b, state, config):
+    return torch.matmul(a, b)
+
+
+def _matmul_setup_context(ctx, inputs, output):
+    a, b, _state, _config = inputs
+    ctx.save_for_backward(a, b)
+
+
+def _matmul_backward(ctx, grad):
+    a, b = ctx.saved_tensors
+    # Straight-through, as cim_linear: quantizers, write noise and ADCs pass the gradient of `a @ b`.
+    grad_a = grad @ b.transpose(-2, -1).to(grad.dtype)
+    grad_b = a.transpose(-2, -1).to(grad.dtype) @ grad
+    return _unbroadcast(grad_a, a.shape), _unbroadcast(grad_b, b.shape), None, None
+
+
+def _unbroadcast(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    while grad.dim() > len(shape):
+        grad = grad.sum(0)
+    dims = [i for i, (g, s) in enumerate(zip(grad.shape, shape)) if s == 1 and g != 1]
+    return grad.sum(dims, keepdim=True) if dims else grad
+
+
+torch.library.register_autograd("nvcc_pt::cim_matmul", _matmul_backward, setup_context=_matmul_setup_context)
+
+
+class WriteState(nn.Module):
+    """What a mapped dynamic product keeps between calls: `key` = (seed, calls so far), on the CPU.
+
+    The write noise of call `c` is drawn from a generator keyed by (seed, op index, c), so the same
+    seed and the same sequence of inputs give the same numbers; `reseed` starts the count again.
+
+    Example:
+        >>> state = WriteState(seed=0); state.reseed(3); state.key.tolist()
+        [3, 0]
+    """
+
+    def __init__(self, seed: int, config: dict[str, Any] | None = None):
+        super().__init__()
+        self.register_buffer("key", torch.tensor([int(seed), 0], dtype=torch.int64), persistent=False)
+        self.config = dict(config or {})
+
+    def reseed(self, seed: int) -> None:
+        self.key.copy_(torch.tensor([int(seed), 0]))
+
+    def _apply(self, fn, recurse=True):
+        # The key is read and bumped on the host every call: it stays on the CPU (no device sync per op).
+        key = self.key
+        super()._apply(fn, recurse)
+        self.key = key
+        return self
+
+    def config_json(self) -> str:
+        return json.dumps(self.config, sort_keys=True)

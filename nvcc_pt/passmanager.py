@@ -24,11 +24,12 @@ class PassResult:
 
 @dataclass(frozen=True)
 class MappingPolicy:
-    """Which static products go on crossbars.
+    """Which products go on crossbars.
 
     Example:
         >>> MappingPolicy(exclude=("lm_head",))            # keep the output head digital
         >>> MappingPolicy(include=("*.mlp.*",))            # only the MLPs
+        >>> MappingPolicy(map_dynamic=True)                # attention's QK^T and AV too, written per input
     """
 
     include: tuple[str, ...] = ("*",)
@@ -38,7 +39,8 @@ class MappingPolicy:
     map_lm_head: bool = True
     """False keeps the output projection (`lm_head`, `embed_out`, `output`) digital."""
     map_dynamic: bool = False
-    """Map activation-by-activation products too (their weights must be written per input)."""
+    """Map attention's QK^T and AV too (`decompose_attention` makes them explicit): K^T and V are written into
+    cells per input, with write noise from the device model, and the cost counts those writes."""
 
     @staticmethod
     def coerce(policy: MappingPolicy | dict | str | None) -> MappingPolicy:

@@ -7,6 +7,7 @@ from torch import fx
 from nvcc_pt.passes.allocate import allocate
 from nvcc_pt.passes.annotate_noise import annotate_noise
 from nvcc_pt.passes.annotate_precision import annotate_precision
+from nvcc_pt.passes.decompose_attention import decompose_attention
 from nvcc_pt.passes.estimate_cost import estimate_cost
 from nvcc_pt.passes.find_matmuls import find_matmuls
 from nvcc_pt.passes.lower import lower
@@ -14,6 +15,9 @@ from nvcc_pt.passes.partition import partition
 from nvcc_pt.passes.select import select
 from nvcc_pt.passmanager import PassContext, run_passes
 
+TRANSFORMS = [
+    decompose_attention,  # with map_dynamic: attention as explicit QK^T and AV products a crossbar can take
+]
 ANALYSIS = [
     find_matmuls,        # every product, static or dynamic: crossbars can only hold static operands
     select,              # the policy picks what goes on crossbars; each digital op keeps its reason
@@ -34,5 +38,5 @@ def analyze(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
 
 
 def run_pipeline(gm: fx.GraphModule, ctx: PassContext) -> fx.GraphModule:
-    """Analysis, then lowering: the executable graph."""
-    return run_passes(gm, ctx, ANALYSIS + LOWERING)
+    """Transforms the policy asks for, analysis, then lowering: the executable graph."""
+    return run_passes(gm, ctx, TRANSFORMS + ANALYSIS + LOWERING)

@@ -18,7 +18,13 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
               "energy_pj", "latency_ns", "area_mm2",    # per token; latency of one copy
               "energy_breakdown_pj": {component: pJ},   # array, dac, adc, shift_add, input_buffer, ...
               "programming_energy_pj": float | None,    # writing the weights once (None: no figure)
-              "baseline_energy_pj", "baseline_latency_ns"}],  # the same product on the digital baseline
+              "baseline_energy_pj", "baseline_latency_ns",  # the same product on the digital baseline
+              # mapped dynamic products only (operand written per input, map_dynamic):
+              "instances", "seq_len",           # heads, each on its own arrays; K or N taken at seq_len
+              "write_energy_pj", "write_latency_ns",    # cell writes per token (in energy_pj / latency_ns)
+              "cell_writes_per_inference",      # cells written for one sequence of seq_len tokens
+              "lifetime_inferences",            # endurance-limited (None: no endurance figure)
+              "extra_energy_pj", "extra_latency_ns"}],  # per token, against the digital baseline
      "params": {"tied": [{"param", "aliases", "counted_as", "used_by"}]},
      "dead_products": [{"name", "module"}],     # products whose result nothing used: dropped, not mapped
      "totals": {"arrays",                       # arrays holding weights
@@ -41,7 +47,12 @@ Schema (`report.to_dict()`, version `REPORT_SCHEMA`):
                 "tokens", "latency_ns",         # latency of `tokens` input vectors, digital ops included
                 "baseline",                     # digital baseline name
                 "mapped_baseline_energy_pj", "mapped_baseline_latency_ns",  # mapped ops run digitally instead
-                "energy_ratio", "speedup"},     # baseline / CiM for the mapped ops (energy; latency of one token)
+                "energy_ratio", "speedup",      # baseline / CiM for the mapped ops (energy; latency of one token)
+                "dynamic": {                    # only when map_dynamic mapped a product; per token:
+                            "mapped_ops", "energy_pj", "baseline_energy_pj", "extra_energy_pj",
+                            "extra_latency_ns", "write_energy_pj", "write_latency_ns",
+                            # per inference of seq_len tokens; the shortest-lived op's lifetime:
+                            "cell_writes_per_inference", "seq_len", "lifetime_inferences"}},
      "costs": {"components": {...}, "baseline": {...}}}   # the figures used (targets/costs.py)
 """
 
@@ -88,12 +99,15 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
             prec: meta.Precision = node.meta[meta.PRECISION]
             noise: meta.NoiseInfo = node.meta[meta.NOISE]
             place: meta.Placement = node.meta[meta.PLACEMENT]
-            row.update(arrays=grid.arrays, row_tiles=grid.row_tiles, col_tiles=grid.col_tiles, slices=grid.slices,
+            row.update(arrays=grid.arrays * info.instances, row_tiles=grid.row_tiles, col_tiles=grid.col_tiles,
+                       slices=grid.slices,
                        utilization=round(grid.utilization, 4), weight_bits=prec.weight_bits,
                        input_bits=prec.input_bits, adc_bits=prec.adc_bits, device=noise.device, sigma=noise.sigma,
                        placement=place.describe(), stage=place.stage)
-            mapped_macs += macs
-            mapped_weights.setdefault(info.weight, []).append(info.module)
+            if info.kind is MatmulKind.STATIC:
+                mapped_macs += macs
+                mapped_weights.setdefault(info.weight, []).append(info.module)
+            row.update(_dynamic_fields(info, node.meta.get(meta.COST)))
         ops.append(row)
 
     # Parameter accounting: every parameter counted once, by storage, mapped or digital.
@@ -137,6 +151,7 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
             "model_params": mapped_params + digital_params,
             "mapped_macs_fraction": round(mapped_macs / static_macs, 6) if static_macs else 0.0,
             **_cost_totals(ops, results, baseline.name),
+            **_dynamic_totals(ops),
         },
         "costs": {"components": components.to_dict(), "baseline": baseline.to_dict()},
     }
@@ -186,6 +201,38 @@ def _cost_totals(ops: list[dict[str, Any]], results: dict[str, Any], baseline: s
         "mapped_baseline_energy_pj": _sig(base_e), "mapped_baseline_latency_ns": _sig(base_t),
         "energy_ratio": _sig(base_e / cim) if cim else None, "speedup": _sig(base_t / fill) if fill else None,
     }
+
+
+def _dynamic_fields(info: meta.MatmulInfo, cost: meta.CostInfo | None) -> dict[str, Any]:
+    """A mapped dynamic product's write figures (its operand is written per input); nothing for static ops."""
+    if info.kind is not MatmulKind.DYNAMIC or cost is None:
+        return {}
+    return {"instances": info.instances, "seq_len": info.seq_len, "write_energy_pj": _sig(cost.write_energy_pj),
+            "write_latency_ns": _sig(cost.write_latency_ns), "cell_writes_per_inference": cost.cell_writes_per_inference,
+            "lifetime_inferences": _sig(cost.lifetime_inferences),
+            "extra_energy_pj": _sig(cost.energy_pj - cost.baseline_energy_pj),
+            "extra_latency_ns": _sig(cost.latency_ns - cost.baseline_latency_ns)}
+
+
+def _dynamic_totals(ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """`{"dynamic": ...}`: mapped dynamic products against keeping them digital, per token; cell writes and
+    lifetime per inference. Empty when no dynamic product is mapped."""
+    rows = [o for o in ops if o["mapped"] and o["kind"] == MatmulKind.DYNAMIC.value]
+    if not rows:
+        return {}
+    lives = [o["lifetime_inferences"] for o in rows if o["lifetime_inferences"] is not None]
+    return {"dynamic": {
+        "mapped_ops": len(rows),
+        "energy_pj": _sig(sum(o["energy_pj"] for o in rows)),
+        "baseline_energy_pj": _sig(sum(o["baseline_energy_pj"] for o in rows)),
+        "extra_energy_pj": _sig(sum(o["extra_energy_pj"] for o in rows)),
+        "extra_latency_ns": _sig(sum(o["extra_latency_ns"] for o in rows)),
+        "write_energy_pj": _sig(sum(o["write_energy_pj"] for o in rows)),
+        "write_latency_ns": _sig(sum(o["write_latency_ns"] for o in rows)),
+        "cell_writes_per_inference": sum(o["cell_writes_per_inference"] for o in rows),
+        "seq_len": max((o["seq_len"] for o in rows), default=0),
+        "lifetime_inferences": min(lives) if lives else None,
+    }}
 
 
 class MappingReport:
@@ -261,6 +308,15 @@ class MappingReport:
         for dead in self._data.get("dead_products", []):
             out.append(f"dropped {dead['name']} ({dead['module'] or 'top level'}): its result is never used, so it is "
                        "neither mapped nor run")
+        dyn = totals.get("dynamic") or {}
+        if dyn.get("mapped_ops"):
+            life = dyn["lifetime_inferences"]
+            out.append(
+                f"dynamic products on crossbars: {dyn['mapped_ops']} ops, per token {dyn['extra_energy_pj'] / 1e3:+,.2f} nJ "
+                f"and {dyn['extra_latency_ns']:+,.0f} ns against {totals['baseline']} (cell writes "
+                f"{dyn['write_energy_pj'] / 1e3:,.2f} nJ, {dyn['write_latency_ns']:,.0f} ns); "
+                f"{dyn['cell_writes_per_inference']:,} cell writes per inference of {dyn['seq_len']} tokens, "
+                f"lifetime {'unknown' if life is None else f'{life:.3g}'} inferences (endurance)")
         for tie in self._data["params"]["tied"]:
             out.append(f"tied weight {tie['param']} (also {', '.join(tie['aliases'])}): counted once as "
                        f"{tie['counted_as']}, used by {', '.join(tie['used_by'])}")

@@ -5,12 +5,14 @@ macro's periphery and the ops can run as pipeline stages at the same time. The p
 builds a networkx dataflow graph of the mapped ops (an edge where one op's output reaches
 another through digital ops only) and counts the chips needed. When the target fixes its
 chip count and the model needs more, it raises `AllocationError` with the numbers.
+A mapped dynamic product (attention) is rewritten per input, so it gets arrays of its own,
+one grid per head (`MatmulInfo.instances`), never shared with static weights.
 """
 
 from __future__ import annotations
 
 import networkx as nx
-from nvcc_pt.passes.estimate_cost import plan_duplicates
+from nvcc_pt.passes.estimate_cost import op_arrays, plan_duplicates
 from torch import fx
 
 from nvcc_pt import meta
@@ -49,12 +51,12 @@ def allocate(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     copies = plan_duplicates(gm, ctx)  # {} unless ctx.duplicate asks for copies; always within capacity
     next_array = 0
     for node in ctx.nodes(gm, mapped_only=True):
-        grid = node.meta[meta.TILES]
+        arrays = op_arrays(node)
         dup = copies.get(node.name, 1)
         first = -(-next_array // per_macro) * per_macro  # start on a fresh macro
-        last = first + grid.arrays * dup - 1
+        last = first + arrays * dup - 1
         node.meta[meta.PLACEMENT] = Placement(
-            first_array=first, arrays=grid.arrays * dup,
+            first_array=first, arrays=arrays * dup,
             chips=tuple(range(first // per_chip, last // per_chip + 1)),
             macros=tuple(range(first // per_macro, last // per_macro + 1)),
             stage=stage[node.name], duplicates=dup,

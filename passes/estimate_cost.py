@@ -13,8 +13,10 @@ input cycles (DESIGN.md, Numerics 5-8), from the target's `ComponentCosts`:
   the row tiles, digital clock); `cycle` is the slower of the array read clock and the ADCs
   converting every column; transfers overlap compute as a pipeline stage of their own.
 - area = the op's arrays with their DACs and ADCs, plus the periphery of the macros it occupies.
-- programming energy = every used cell written once (static weights: once per deployment;
-  mapped dynamic products: every token).
+- programming energy = every used cell written once (static weights: once per deployment).
+- mapped dynamic products (attention, `map_dynamic`): the read terms above once per head, plus the
+  operand's cell writes per token (`dynamic_writes`): every head's cells once per inference of
+  `seq_len` tokens, 1/seq_len of them per token, with their write time; lifetime = the cells' endurance.
 
 A convolution sends one input vector per output position through its arrays, so its figures
 per token (per example: one image, one sequence) are the per-vector counts and latency times its
@@ -37,6 +39,7 @@ import math
 from typing import Any
 
 import torch
+from nvcc_pt.passes.find_matmuls import size_hint as _hint
 from nvcc_pt.targets.costs import READ_COMPONENTS, WRITE_COMPONENTS, costs_for, get_baseline, scaled
 from torch import fx
 
@@ -65,6 +68,11 @@ def op_counts(grid: meta.TileGrid, prec: meta.Precision, macros: int) -> dict[st
     }
 
 
+def op_arrays(node: fx.Node) -> int:
+    """Arrays one copy of a mapped op occupies: its grid, once per head for a dynamic product."""
+    return node.meta[meta.TILES].arrays * node.meta[meta.MATMUL].instances
+
+
 def _macros(arrays: int, per_macro: int) -> int:
     return -(-arrays // per_macro)
 
@@ -84,6 +92,25 @@ def op_latency_ns(grid: meta.TileGrid, prec: meta.Precision, target) -> float:
     return max(counts["input_cycles"] * s.cycle_ns, transfer) + accumulate
 
 
+def dynamic_writes(info: meta.MatmulInfo, grid: meta.TileGrid, costs) -> dict[str, float]:
+    """Cell writes of a mapped dynamic product (its operand written per input), from the tile record.
+
+    One inference is one sequence of `info.seq_len` tokens: every used cell of every head's grid
+    is written once, so `cells` per inference = heads * K * N * S * P, and each token adds 1/seq_len
+    of it (one column of K^T, one row of V). Each array writes its rows one after another (columns in
+    parallel, arrays in parallel): `min(K, rows)` row writes per inference, before the reads that need them.
+    A cell is written once per inference, so the endurance-limited lifetime is the endurance in inferences.
+    """
+    cells = grid.cells_used * info.instances
+    row_writes = min(grid.k, grid.rows)
+    return {
+        "cells_per_inference": cells, "cells_per_token": cells / info.seq_len,
+        "energy_pj": cells / info.seq_len * costs.cell_write_energy_pj,
+        "latency_ns": row_writes * costs.cell_write_latency_ns / info.seq_len,
+        "lifetime_inferences": costs.cell_endurance_cycles,
+    }
+
+
 def mapped_cost(node: fx.Node, target, duplicates: int = 1) -> CostInfo:
     info: meta.MatmulInfo = node.meta[meta.MATMUL]
     grid: meta.TileGrid = node.meta[meta.TILES]
@@ -93,51 +120,50 @@ def mapped_cost(node: fx.Node, target, duplicates: int = 1) -> CostInfo:
     s = scaled(costs, target, prec.adc_bits, prec.dac_bits)
     macros = _macros(grid.arrays, target.arrays_per_macro)
     n = {k: v * (info.vectors if k != "cells" else 1) for k, v in op_counts(grid, prec, macros).items()}
+    heads = info.instances  # a dynamic product reads every head's grid per token; a static one has one
     energy = {
-        "array": n["array_reads"] * s.array_read_pj,
-        "dac": n["dac_drives"] * s.dac_pj,
-        "adc": n["adc_conversions"] * s.adc_pj,
-        "shift_add": n["shift_adds"] * costs.shift_add_energy_pj,
-        "input_buffer": n["input_bytes"] * costs.input_buffer_energy_pj_per_byte,
-        "output_buffer": n["output_bytes"] * costs.output_buffer_energy_pj_per_byte,
-        "interconnect": n["interconnect_bytes"] * costs.interconnect_energy_pj_per_byte,
+        "array": n["array_reads"] * s.array_read_pj * heads,
+        "dac": n["dac_drives"] * s.dac_pj * heads,
+        "adc": n["adc_conversions"] * s.adc_pj * heads,
+        "shift_add": n["shift_adds"] * costs.shift_add_energy_pj * heads,
+        "input_buffer": n["input_bytes"] * costs.input_buffer_energy_pj_per_byte * heads,
+        "output_buffer": n["output_bytes"] * costs.output_buffer_energy_pj_per_byte * heads,
+        "interconnect": n["interconnect_bytes"] * costs.interconnect_energy_pj_per_byte * heads,
     }
     programming = None
+    writes: dict[str, float] = {}
+    latency = op_latency_ns(grid, prec, target) * info.vectors  # heads run in parallel on their own arrays
     if info.kind is MatmulKind.DYNAMIC:  # the operand is written on every input: part of the per-token cost
         costs.require(WRITE_COMPONENTS, target.name, f"mapped dynamic product {node.name!r} (written per input)")
-        energy["programming"] = n["cells"] * costs.cell_write_energy_pj
+        writes = dynamic_writes(info, grid, costs)
+        energy["programming"] = writes["energy_pj"]
+        latency += writes["latency_ns"]
+        n["cell_writes"] = writes["cells_per_token"]
         programming = 0.0
     elif costs.cell_write_energy_pj is not None:
         programming = n["cells"] * duplicates * costs.cell_write_energy_pj
-    latency = op_latency_ns(grid, prec, target) * info.vectors
-    if info.kind is MatmulKind.DYNAMIC:
-        latency += grid.rows * costs.cell_write_latency_ns * grid.row_tiles
     per_array = s.array_mm2 + target.rows * s.dac_mm2 + costs.adcs_per_array * s.adc_mm2
     per_macro = (costs.shift_add_area_mm2 or 0.0) + (costs.buffer_area_mm2 or 0.0) + (costs.interconnect_area_mm2 or 0.0)
-    arrays = grid.arrays * duplicates
+    arrays = grid.arrays * heads * duplicates
     area = {"arrays": arrays * s.array_mm2, "dac": arrays * target.rows * s.dac_mm2,
             "adc": arrays * costs.adcs_per_array * s.adc_mm2,
             "periphery": _macros(arrays, target.arrays_per_macro) * per_macro}
     assert abs(sum(area.values()) - (arrays * per_array + _macros(arrays, target.arrays_per_macro) * per_macro)) < 1e-9
     base = get_baseline(costs.digital_baseline)
-    macs = info.macs
-    weight_bytes = info.k * info.n * base.bytes_per_weight
+    macs = info.macs * heads
+    # A static weight streams from memory once per example on the baseline; a dynamic operand is an
+    # activation already at hand.
+    weight_bytes = info.k * info.n * base.bytes_per_weight if info.kind is MatmulKind.STATIC else 0.0
     return CostInfo(
         energy_pj=sum(energy.values()), latency_ns=latency, area_mm2=sum(area.values()),
         breakdown_pj=tuple(energy.items()), on="cim", duplicates=duplicates, macs=macs,
         programming_energy_pj=programming, area_breakdown_mm2=tuple(area.items()),
         baseline_energy_pj=base.energy_pj(macs, weight_bytes), baseline_latency_ns=base.latency_ns(macs, weight_bytes),
         counts=tuple((k, float(v)) for k, v in n.items()),
+        write_energy_pj=writes.get("energy_pj", 0.0), write_latency_ns=writes.get("latency_ns", 0.0),
+        cell_writes_per_inference=int(writes.get("cells_per_inference", 0)),
+        lifetime_inferences=writes.get("lifetime_inferences"),
     )
-
-
-def _hint(dim) -> int | None:
-    """A dimension's size in the captured example, without guarding on a symbolic one (which would
-    specialize the exported program's dynamic shapes)."""
-    if isinstance(dim, int):
-        return dim
-    hint = getattr(getattr(dim, "node", None), "hint", None)
-    return hint if isinstance(hint, int) else None
 
 
 def digital_macs(node: fx.Node, tokens: int = 1) -> int:
@@ -262,21 +288,23 @@ def plan_duplicates(gm: fx.GraphModule, ctx: PassContext) -> dict[str, int]:
         return {}
     target = ctx.target
     nodes = [n for n in gm.graph.nodes if is_mapped(n)]
-    arrays = [n.meta[meta.TILES].arrays for n in nodes]
+    arrays = [op_arrays(n) for n in nodes]
     per_macro, per_chip = target.arrays_per_macro, target.arrays_per_chip
     base_end = _end_array(arrays, per_macro)
     chips = target.chips if target.chips is not None else -(-base_end // per_chip)
     capacity = chips * per_chip
     dup = [1] * len(nodes)
+    written = [n.meta[meta.MATMUL].kind is MatmulKind.DYNAMIC for n in nodes]
     if isinstance(request, dict):
         for pattern, copies in request.items():
             if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
                 raise DuplicationError(f"duplicate[{pattern!r}]={copies!r} must be a positive integer count of copies")
-            hits = [i for i, n in enumerate(nodes)
-                    if fnmatch.fnmatchcase(n.name, pattern) or fnmatch.fnmatchcase(n.meta[meta.MATMUL].module, pattern)]
+            hits = [i for i, n in enumerate(nodes) if not written[i] and (
+                fnmatch.fnmatchcase(n.name, pattern) or fnmatch.fnmatchcase(n.meta[meta.MATMUL].module, pattern))]
             if not hits:
-                raise DuplicationError(f"duplicate names {pattern!r}, which matches no mapped op; use a node name or "
-                                       "module glob from the report")
+                raise DuplicationError(f"duplicate names {pattern!r}, which matches no mapped op that can be copied; "
+                                       "use a node name or module glob from the report (dynamic products, written "
+                                       "per input, are not duplicated: every copy would be written too)")
             for i in hits:
                 dup[i] = copies
         need = _end_array([a * d for a, d in zip(arrays, dup)], per_macro)
@@ -294,7 +322,7 @@ def plan_duplicates(gm: fx.GraphModule, ctx: PassContext) -> dict[str, int]:
                for n in nodes]
     while nodes:
         worst = max(range(len(nodes)), key=lambda i: latency[i] / dup[i])
-        if dup[worst] >= most:
+        if dup[worst] >= most or written[worst]:  # a copy of a written operand is written too: no gain
             break
         dup[worst] += 1
         if _end_array([a * d for a, d in zip(arrays, dup)], per_macro) > capacity:

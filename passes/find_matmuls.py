@@ -8,6 +8,10 @@ left operand, a batched static operand or an einsum stays digital with a note.
 A 1-d or 2-d convolution with a static weight is STATIC with its unrolled shape
 (`K = C_in * prod(kernel)`, `N = C_out`, one input vector per output position, `nvcc_pt.conv`);
 transposed, grouped and 3-d convolutions stay digital with the reason.
+The QK^T
+and AV products `decompose_attention` emits are DYNAMIC with the K and N of their right
+operand at the captured sequence length, and its heads; other dynamic products are not
+lowerable.
 Nodes that are not matmul-like are left alone.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+from nvcc_pt.passes.decompose_attention import ATTENTION
 from torch import fx
 
 from nvcc_pt import meta
@@ -83,14 +88,43 @@ def _shape(node) -> tuple:
     return tuple(val.shape) if isinstance(val, torch.Tensor) else ()
 
 
+def size_hint(dim) -> int | None:
+    """A dimension's size in the captured example, without guarding on a symbolic one (which would
+    specialize the exported program's dynamic shapes)."""
+    if isinstance(dim, int):
+        return dim
+    hint = getattr(getattr(dim, "node", None), "hint", None)
+    return hint if isinstance(hint, int) else None
+
+
 def _int(x) -> int:
     return int(x) if isinstance(x, int) or (hasattr(x, "node") and x.node.is_constant()) else 0
+
+
+def attention_product(node: fx.Node, module: str, module_type: str) -> MatmulInfo:
+    """An attention product `a @ b` that `decompose_attention` emitted: `b` (k^T or v) is written per input.
+
+    K and N are taken at the captured example's sequence length; `instances` counts b's heads.
+    """
+    val = node.args[1].meta.get("val")
+    dims = [size_hint(d) for d in val.shape] if isinstance(val, torch.Tensor) else []
+    part = node.meta[ATTENTION]
+    seq_axis = "n" if part == "qk" else "k"
+    if None in dims or len(dims) < 2:
+        return MatmulInfo(str(node.target), MatmulKind.DYNAMIC, module, module_type, 0, 0, lowerable=False,
+                          note=f"attention {part}: operand shape unknown")
+    k, n = dims[-2], dims[-1]
+    note = "attention QK^T: K^T written per input" if part == "qk" else "attention AV: V written per input"
+    return MatmulInfo(str(node.target), MatmulKind.DYNAMIC, module, module_type, k, n, note=note,
+                      instances=math.prod(dims[1:-2]), seq_len=k if seq_axis == "k" else n, seq_axis=seq_axis)
 
 
 def classify(gm: fx.GraphModule, node: fx.Node) -> MatmulInfo:
     op = node.target
     module, module_type = owning_module(node)
     name = str(op)
+    if ATTENTION in node.meta:
+        return attention_product(node, module, module_type)
     if op is aten.scaled_dot_product_attention.default:
         q, k = _shape(node.args[0]), _shape(node.args[1])
         return MatmulInfo(name, MatmulKind.DYNAMIC, module, module_type, _int(q[-1]) if q else 0,
@@ -130,7 +164,8 @@ def classify(gm: fx.GraphModule, node: fx.Node) -> MatmulInfo:
     if root is None or static_root(x) is not None:
         xs, ws = _shape(x), _shape(w)
         return MatmulInfo(name, MatmulKind.DYNAMIC, module, module_type,
-                          _int(xs[-1]) if xs else 0, _int(ws[-1]) if ws else 0)
+                          _int(xs[-1]) if xs else 0, _int(ws[-1]) if ws else 0, lowerable=False,
+                          note="only attention products that map_dynamic decomposes are mapped")
     shape = _shape(w) or tuple(static_value(gm, w).shape)
     n, k = (shape[1], shape[0]) if transposed else (shape[0], shape[1])
     bias_root = static_root(bias) if isinstance(bias, fx.Node) else None

@@ -4,8 +4,10 @@ Rule: `linear(x, W, b)`, `addmm(b, x, W)`, `mm(x, W)` and `matmul(x, W)` with a 
 become `cim_linear(x, W_eff, b, state, config)`, with the weight oriented `[N, K]` and the
 state held by a `CimState` module at `cim.<node>`. A convolution becomes
 `unfold (im2col) -> cim_linear(patches, W.reshape(C_out, -1), b) -> fold back` (`nvcc_pt.conv`),
-so it runs through the same op, one input vector per output position. The new node keeps the
-old node's records. Digital ops, including unmapped matmuls, are left as they are.
+so it runs through the same op, one input vector per output position. A mapped dynamic product
+`a @ b` (attention, `map_dynamic`) becomes `cim_matmul(a, b, key, config)`, `b` written per call,
+with its seed and call count in a `WriteState` at `cim_writes.<node>`. The new node keeps the old
+node's records. Digital ops, including unmapped matmuls, are left as they are.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from torch import fx, nn
 
 from nvcc_pt import meta
 from nvcc_pt.conv import CONV_OPS, emit_fold, emit_unfold, geometry
-from nvcc_pt.ops import CimState
+from nvcc_pt.meta import MatmulKind
+from nvcc_pt.ops import CimState, WriteState
 from nvcc_pt.passmanager import PassContext, PassResult, graph_pass
 
 aten = torch.ops.aten
 STATE_ROOT = "cim"
+WRITE_ROOT = "cim_writes"
 
 
 def operands(node: fx.Node):
@@ -53,7 +57,13 @@ def lower(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         gm.add_module(STATE_ROOT, nn.Module())
     root = getattr(gm, STATE_ROOT)
     modified = False
+    dynamic = 0
     for node in list(ctx.nodes(gm, mapped_only=True)):
+        if node.meta[meta.MATMUL].kind is MatmulKind.DYNAMIC:
+            _lower_dynamic(gm, node, ctx, dynamic)
+            dynamic += 1
+            modified = True
+            continue
         x, w, bias = operands(node)
         weight = static_value(gm, w)
         if node.meta[meta.MATMUL].weight_transposed:
@@ -83,3 +93,29 @@ def lower(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         gm.graph.eliminate_dead_code()
         gm.recompile()
     return PassResult(gm, modified)
+
+
+def _lower_dynamic(gm: fx.GraphModule, node: fx.Node, ctx: PassContext, index: int) -> None:
+    """`a @ b` -> `cim_matmul(a, b, key, config)`; the write noise is drawn per call from the device model."""
+    if not hasattr(gm, WRITE_ROOT):
+        gm.add_module(WRITE_ROOT, nn.Module())
+    noise: meta.NoiseInfo = node.meta[meta.NOISE]
+    config = dict(op_config(node, ctx.results["fidelity"], ctx.target), op_index=index, device=noise.device,
+                  level_sigmas=list(noise.level_sigmas), stuck_at_gmin=noise.stuck_at_gmin,
+                  stuck_at_gmax=noise.stuck_at_gmax)
+    state = WriteState(ctx.results.get("seed", 0), config)
+    getattr(gm, WRITE_ROOT).add_module(node.name, state)
+    with gm.graph.inserting_before(node):
+        key = gm.graph.get_attr(f"{WRITE_ROOT}.{node.name}.key")
+        new = gm.graph.call_function(torch.ops.nvcc_pt.cim_matmul.default,
+                                     (node.args[0], node.args[1], key, state.config_json()))
+    new.meta.update(node.meta)
+    new.meta["nvcc_pt.lowered_from"] = node.name
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+
+
+def write_states(gm: fx.GraphModule) -> list[tuple[str, WriteState]]:
+    """(node name, state) of every mapped dynamic product, in program order."""
+    root = getattr(gm, WRITE_ROOT, None)
+    return list(root.named_children()) if root is not None else []

@@ -150,6 +150,8 @@ class ComponentCosts:
     """Programming one cell (write and verify), pJ; needed when weights are written at run time."""
     cell_write_latency_ns: float | None = None
     """Programming one row of cells (columns written in parallel), ns."""
+    cell_endurance_cycles: float | None = None
+    """Writes a cell survives (program/erase cycles); bounds the life of cells rewritten per input."""
     digital_baseline: str = "jetson-orin-cpu"
     """Name of the `DigitalBaseline` that digital ops run on and mapped ops are compared with."""
 
@@ -248,7 +250,10 @@ def scaled(costs: ComponentCosts, target, adc_bits: int, dac_bits: int) -> Scale
 # ISAAC does not model weight programming (weights are loaded once), so the write figures come from
 # NeuroSim (DNN+NeuroSim V1.3, Param.cpp defaults: write voltage 2 V, R_on 6 kOhm; one 10 ns pulse at
 # R_on: 2^2 / 6e3 * 10e-9 s = 6.7 pJ per cell) and ~10 write-verify pulses per multi-level cell
-# (a common iterative-programming budget; tune per device).
+# (a common iterative-programming budget; tune per device). Endurance: metal-oxide ReRAM cells
+# survive 1e6 to 1e12 set/reset cycles across published devices (H.-S. P. Wong et al., "Metal-Oxide
+# RRAM", Proc. IEEE 100(6), 2012; the 1e12 of M.-J. Lee et al., Nature Materials 10, 2011, is a single
+# TaOx cell); multi-level cells under write-verify sit at the low end, so the preset takes 1e6.
 ISAAC_COSTS = ComponentCosts(
     source="ISAAC (Shafiee et al., ISCA 2016) Table I at 32 nm; cell writes from NeuroSim V1.3 defaults",
     tech_node_nm=32.0, ref_rows=128, ref_cols=128, ref_adc_bits=8, ref_dac_bits=1,
@@ -264,6 +269,7 @@ ISAAC_COSTS = ComponentCosts(
     interconnect_area_mm2=(0.090 + 0.151 / 4) / 12,
     digital_clock_mhz=1200.0,
     cell_write_energy_pj=10 * 2.0**2 / 6e3 * 10e-9 * 1e12, cell_write_latency_ns=10 * 10.0,
+    cell_endurance_cycles=1e6,
 )
 
 # NeuroSim V1.3 defaults (Param.cpp): 22 nm, 1 GHz, 128x128 sub-arrays, 2-bit cells, 8 columns share
@@ -283,12 +289,35 @@ NEUROSIM_COSTS = ISAAC_COSTS.at_node(22).replace(
 
 
 
+# Cell writes of the other device families (the ReRAM ones above stay with the ReRAM presets).
+# PCM: a RESET melts the cell with ~100 uA for ~50-100 ns and a SET crystallizes it over ~100 ns or
+# more (G. W. Burr et al., "Recent Progress in Phase-Change Memory Technology", IEEE JETCAS 6(2), 2016);
+# at ~1 V across the cell one ~100 ns pulse is ~10 pJ. Endurance is ~1e8 cycles for typical cells, up to
+# 1e12 for the best (H.-S. P. Wong et al., "Phase Change Memory", Proc. IEEE 98(12), 2010). With the
+# same ~10 write-verify pulses per multi-level cell as ReRAM above: 100 pJ and 10 x 100 ns per row.
+PCM_WRITES = {"cell_write_energy_pj": 10 * 100e-6 * 1.0 * 100e-9 * 1e12, "cell_write_latency_ns": 10 * 100.0,
+              "cell_endurance_cycles": 1e8}
+# FeFET: HfO2 FeFETs switch with ~10 ns gate pulses of ~4 V, and endure ~1e5 program/erase cycles
+# (S. Duenkel et al., "A FeFET based super-low-power ultra-fast embedded NVM technology for 22nm FDSOI
+# and beyond", IEDM 2017; M. Trentzsch et al., IEDM 2016, 28 nm). The write is a field effect: it charges
+# the gate, C V^2 = ~1 fF x (4 V)^2 = 0.016 pJ per pulse (a gate capacitance of order 1 fF is an
+# assumption of this model); ~10 write-verify pulses: 0.16 pJ and 10 x 10 ns per row.
+FEFET_WRITES = {"cell_write_energy_pj": 10 * 1e-15 * 4.0**2 * 1e12, "cell_write_latency_ns": 10 * 10.0,
+                "cell_endurance_cycles": 1e5}
+
+
 def costs_for(target) -> ComponentCosts:
     """The target's own figures, or its device family's preset: ISAAC's for ReRAM (ISAAC, PRIME-style
-    targets resized by `scaled`), NeuroSim's defaults for the NVCiM-PT device models, FeFET and PCM."""
+    targets resized by `scaled`), NeuroSim's defaults for the NVCiM-PT device models, FeFET and PCM, with
+    the cell-write figures of the device family (PCM, FeFET; ReRAM's otherwise)."""
     own = getattr(target, "costs", None)
     if own is not None:
         return own
-    if target.device.name == "reram":
+    name = target.device.name
+    if name == "reram":
         return ISAAC_COSTS
+    if name.startswith("pcm"):
+        return NEUROSIM_COSTS.replace(**PCM_WRITES)
+    if name.startswith("fefet"):
+        return NEUROSIM_COSTS.replace(**FEFET_WRITES)
     return NEUROSIM_COSTS

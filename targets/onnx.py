@@ -10,6 +10,8 @@ emitted; afterwards each such group is replaced by one call of the model-local f
 (`onnx_functions.py`). (Functions are added after the exporter is done because its opset
 conversion inlines every local function.)
 
+Plans with mapped dynamic products (`map_dynamic`) are refused with an `ExportError`.
+
 Every call node carries the op's mapping in `metadata_props` (`ANNOTATION_KEYS`); the model
 carries the mapping report JSON and the plan schema version (`MODEL_KEYS`). Programmed
 weights are initializers; models over `EXTERNAL_DATA_THRESHOLD_BYTES` keep them in a
@@ -84,6 +86,7 @@ def export_onnx(cm, path: str | os.PathLike) -> Path:
                           f"{SUPPORTED_FIDELITIES}. Export cm.with_fidelity('noisy') (same seed, same programmed "
                           "weights, ideal ADC) instead")
     _check_programmed(cm)
+    _check_no_dynamic(cm)
     noisy_reads = [n for n, st in cm.plan.states() if st.config.get("read_sigma", 0.0) > 0]
     if cm.fidelity in ("noisy", *CROSSBAR) and noisy_reads:
         warnings.warn(f"ops {noisy_reads[:3]}... have read noise, which the simulator draws afresh per call; the "
@@ -119,6 +122,19 @@ def _check_programmed(cm) -> None:
         if cm.fidelity in CROSSBAR and state.levels.numel() == 0:
             raise ExportError(f"op {name!r} holds no programmed levels for fidelity {cm.fidelity!r}; program the "
                               "plan with cm.program(seed) or cm.with_fidelity(...)")
+
+
+def _check_no_dynamic(cm) -> None:
+    """Mapped dynamic products write their operand with fresh noise on every call, which a static file cannot
+    reproduce; the exporter refuses them at every fidelity rather than export different arithmetic."""
+    from nvcc_pt.passes.lower import write_states
+
+    dynamic = [name for name, _ in write_states(cm.graph_module)]
+    if dynamic:
+        raise ExportError(f"ops {dynamic[:4]} are dynamic products (attention QK^T / AV) mapped with map_dynamic: "
+                          "their operand is written into cells per input with fresh write noise, which the ONNX "
+                          "exporter does not translate. Compile without map_dynamic (policy={'map_dynamic': False}) "
+                          "to export")
 
 
 def _example_inputs(cm) -> tuple[tuple, tuple, list[str], list[str]]:

@@ -466,3 +466,6 @@ torch.library.impl("nvcc_pt::cim_linear", "CompositeExplicitAutograd")(cim_linea
 
 __all__ = ["cim_linear", "magnitudes", "program_levels", "program_state", "quantize_input", "quantize_weight",
            "read_back", "read_sigma_levels", "recording_ranges", "slice_levels"]
+
+# Registers the implementation of `nvcc_pt::cim_matmul` (mapped dynamic products) beside `cim_linear`'s.
+from nvcc_pt.targets import simulator_dynamic as _simulator_dynamic  # noqa: E402, F401
