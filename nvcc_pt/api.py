@@ -20,7 +20,7 @@ from nvcc_pt.pipeline import run_pipeline
 from nvcc_pt.plan import ExecutablePlan, attach_records, collect_records, decode_records, read_plan_dir, save_plan
 from nvcc_pt.report import MappingReport, build_report
 from nvcc_pt.targets import TargetSpec, get_target
-from nvcc_pt.targets.simulator import deferred_checks, program_state, recording
+from nvcc_pt.targets.simulator import deferred_checks, program_state, recording, start_read_streams
 
 
 def _check_fidelity(fidelity: str) -> str:
@@ -341,6 +341,7 @@ def load(path: str | Path) -> CompiledModel:
         raise PlanFormatError(f"{Path(path) / 'plan.json'} is malformed ({type(e).__name__}: {e}); save the plan again") from e
     plan = _relower(exported, records, spec, fidelity, seed, info, doc.get("results", {}))
     _restore_states(plan, tensors, path)
+    start_read_streams(plan.states(), seed)
     # The saved report, not a recount: a reloaded program no longer shares tied weights.
     report = MappingReport(doc["report"]) if "report" in doc else build_report(
         plan.graph_module, PassContext(target=spec, results=dict(doc.get("results", {}))),
