@@ -10,6 +10,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from nvcc_pt import meta
+from nvcc_pt import validate as check
 from nvcc_pt.capture import CaptureInfo, capture, check_inputs
 from nvcc_pt.cuda_graphs import GraphCache
 from nvcc_pt.errors import DeviceError, FidelityError, InputError
@@ -122,9 +123,13 @@ class CompiledModel:
         device; "device" draws it where the model is, far faster on a GPU (Monte Carlo), but a GPU's chip
         for a seed differs from the CPU's; None keeps the last choice.
         """
+        if seed is not None:
+            check.seed("seed", seed, where="program")
+        if time_s is not None:
+            check.real("time_s", time_s, lo=0.0, lo_open=True, where="program")
+        if draw_on is not None:
+            check.choice("draw_on", draw_on, ("cpu", "device"), where="program")
         draw_on = self.plan.results.get("draw_on", "cpu") if draw_on is None else draw_on
-        if draw_on not in ("cpu", "device"):
-            raise InputError(f"program: draw_on={draw_on!r}; choose 'cpu' or 'device'")
         self.plan.results["draw_on"] = draw_on
         draw_device = self.device if draw_on == "device" else torch.device("cpu")
         seed = self.plan.seed if seed is None else int(seed)
@@ -151,7 +156,7 @@ class CompiledModel:
 
     def with_fidelity(self, fidelity: str) -> CompiledModel:
         """The same mapping at another fidelity level, programmed with the same seed (a new object)."""
-        _check_fidelity(fidelity)
+        check.fidelity(fidelity, where="with_fidelity")
         plan = _relower(self.plan.exported, self.plan.records, self.plan.target, fidelity, self.plan.seed,
                         self.plan.capture, self.plan.results)
         report = MappingReport(self.report.to_dict())
@@ -173,6 +178,9 @@ class CompiledModel:
         """
         from nvcc_pt.targets.simulator import CROSSBAR, recording_ranges
 
+        if isinstance(batches, (torch.Tensor, str, bytes)) or not hasattr(batches, "__iter__"):
+            raise InputError(f"calibrate: batches must be an iterable of model inputs, such as [ids1, ids2], "
+                             f"got {type(batches).__name__}")
         if self.fidelity not in CROSSBAR:
             raise FidelityError(f"calibrate sets ADC ranges, which fidelity {self.fidelity!r} does not model; "
                                 f"use cm.with_fidelity('adc') or 'bit-serial' first")
@@ -189,7 +197,11 @@ class CompiledModel:
 
     def to(self, device: str | torch.device) -> CompiledModel:
         """Move the plan's weights and state to `device` (for example "cuda"); returns self."""
-        device = torch.device(device)
+        check.instance("device", device, (str, torch.device), where="to")
+        try:
+            device = torch.device(device)
+        except RuntimeError as e:
+            raise DeviceError(f"to: device {device!r} is not a device torch knows ({e}); use 'cpu' or 'cuda'") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise DeviceError("CUDA was asked for but torch.cuda.is_available() is False on this machine; "
                               "use cm.to('cpu') or run where a CUDA GPU and a CUDA build of torch are present")
@@ -206,6 +218,7 @@ class CompiledModel:
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the plan directory (plan.json, tensors.safetensors, program.pt2)."""
+        check.path("path", path, where="save")
         extra = {"__soft_prompt__": self.soft_prompt.detach().cpu().contiguous()} if self.soft_prompt is not None else {}
         path = save_plan(self.plan, path, report=self.report.to_dict(), extra_tensors=extra)
         return path
@@ -218,6 +231,7 @@ class CompiledModel:
         """
         from nvcc_pt.targets.onnx import export_onnx
 
+        check.path("path", path, where="export_onnx")
         return export_onnx(self, path)
 
     def __repr__(self) -> str:
@@ -293,8 +307,9 @@ def compile(  # noqa: A001 - the name users expect
         >>> cm = nvcc_pt.compile(model, target="reram-128x128")
         >>> print(cm.report)
     """
+    check.compile_options(seed_value=seed, fidelity_value=fidelity, precision=precision, soft_prompt=soft_prompt,
+                          constant_prompt=constant_prompt, duplicate=duplicate, tokens=tokens)
     spec = get_target(target)
-    _check_fidelity(fidelity)
     ctx = PassContext(target=spec, policy=MappingPolicy.coerce(policy), precision=dict(precision or {}),
                       results={"fidelity": fidelity}, duplicate=duplicate, tokens=tokens)
     exported, info = capture(model, example_inputs, soft_prompt=soft_prompt, constant_prompt=constant_prompt)

@@ -134,5 +134,63 @@ def finite_tensor(name: str, value: Any, *, where: str = "", dims: int | None = 
     return value
 
 
-__all__ = ["SEED_MAX", "boolean", "choice", "finite_tensor", "instance", "integer", "optional_real", "real", "seed",
-           "text"]
+def path(name: str, value: Any, *, where: str = "", error: type[NvccPtError] = InputError):
+    """A file-system path (`str` or `os.PathLike`), non-empty and without NUL characters."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise error(f"{_prefix(where)}{name}={_short(value)} must be a path (str or pathlib.Path), "
+                    f"got {type(value).__name__}")
+    as_text = os.fspath(value)
+    if not as_text or "\0" in str(as_text):
+        raise error(f"{_prefix(where)}{name}={_short(value)} is not a usable path; give a file or directory name")
+    return value
+
+
+def fidelity(value: Any, *, where: str = "") -> str:
+    """One of `nvcc_pt.FIDELITIES`."""
+    from nvcc_pt.errors import FidelityError
+    from nvcc_pt.ops import FIDELITIES
+
+    if not isinstance(value, str) or value not in FIDELITIES:
+        raise FidelityError(f"{_prefix(where)}unknown fidelity {_short(value)}; choose one of {FIDELITIES}")
+    return value
+
+
+def globs(name: str, value: Any, *, where: str = "", error: type[NvccPtError] = InputError) -> tuple[str, ...]:
+    """A tuple (or list) of glob strings, as a tuple; a bare string is refused (it would be read letter by letter)."""
+    if isinstance(value, str) or not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+        raise error(f"{_prefix(where)}{name}={_short(value)} must be a tuple of glob strings, such as ('lm_head',)")
+    return tuple(value)
+
+
+def compile_options(*, seed_value: Any, fidelity_value: Any, precision: Any, soft_prompt: Any, constant_prompt: Any,
+                    duplicate: Any, tokens: Any) -> None:
+    """The options of `nvcc_pt.compile` other than the model, its example inputs, the target and the policy."""
+    where = "compile"
+    seed("seed", seed_value, where=where)
+    fidelity(fidelity_value, where=where)
+    if precision is not None:
+        if not isinstance(precision, dict):
+            raise InputError(f"compile: precision={_short(precision)} must be a dict mapping module-name globs to "
+                             "bit overrides, such as {'*.mlp.*': {'weight_bits': 4}}")
+        for pattern, override in precision.items():
+            text("precision key", pattern, where=where)
+            if not isinstance(override, dict) or not all(isinstance(k, str) for k in override):
+                raise InputError(f"compile: precision[{pattern!r}]={_short(override)} must be a dict of bit fields, "
+                                 "such as {'weight_bits': 4}")
+    if soft_prompt is not None:
+        finite_tensor("soft_prompt", soft_prompt, where=where, dims=2)
+    boolean("constant_prompt", constant_prompt, where=where)
+    if not isinstance(duplicate, (bool, dict)):
+        raise InputError(f"compile: duplicate={_short(duplicate)} must be True, False or a dict "
+                         "{op or module glob: copies}")
+    if isinstance(duplicate, dict):
+        for pattern, copies in duplicate.items():
+            text("duplicate key", pattern, where=where)
+            integer(f"duplicate[{pattern!r}]", copies, lo=1, hi=2**20, where=where)
+    integer("tokens", tokens, lo=1, hi=2**31, where=where)
+
+
+__all__ = ["SEED_MAX", "boolean", "choice", "compile_options", "fidelity", "finite_tensor", "globs", "instance",
+           "integer", "optional_real", "path", "real", "seed", "text"]
