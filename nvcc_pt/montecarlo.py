@@ -195,7 +195,7 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
     check.instance("cm", cm, CompiledModel, where="montecarlo")
     if not callable(metric):
         raise InputError(f"montecarlo: metric must be a function of the compiled model, got {type(metric).__name__}")
-    check.real("k", k, lo=0.0, hi=100.0, where="montecarlo")
+    check.real("percentile k", k, lo=0.0, hi=100.0, where="montecarlo")
     check.boolean("higher_is_better", higher_is_better, where="montecarlo")
     check.boolean("progress", progress, where="montecarlo")
     if instances_per_pass is not None:
