@@ -192,5 +192,56 @@ def compile_options(*, seed_value: Any, fidelity_value: Any, precision: Any, sof
     integer("tokens", tokens, lo=1, hi=2**31, where=where)
 
 
-__all__ = ["SEED_MAX", "boolean", "choice", "compile_options", "fidelity", "finite_tensor", "globs", "instance",
+# argparse types: a bad command-line value becomes argparse's usage error (exit status 2), not a traceback.
+def _arg(convert, text: str):
+    import argparse
+
+    try:
+        return convert(text)
+    except (NvccPtError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def arg_count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _arg(lambda t: integer("value", _int(t), lo=0, hi=2**31), text)
+
+
+def arg_positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _arg(lambda t: integer("value", _int(t), lo=1, hi=2**31), text)
+
+
+def arg_seed(text: str) -> int:
+    """argparse type: a seed, 0 to 2^63 - 1."""
+    return _arg(lambda t: seed("seed", _int(t)), text)
+
+
+def arg_real(text: str) -> float:
+    """argparse type: a finite number."""
+    return _arg(lambda t: real("value", float(t)), text)
+
+
+def arg_positive_real(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _arg(lambda t: real("value", float(t), lo=0.0, lo_open=True), text)
+
+
+def arg_reals(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated finite numbers >= 0, at least one."""
+    values = _arg(lambda t: tuple(real("value", float(x), lo=0.0) for x in t.split(",") if x.strip()), text)
+    if not values:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"{text!r} holds no numbers; give comma-separated values such as 0.05,0.1")
+    return values
+
+
+def _int(text: str) -> int:
+    if len(text) > 30:  # int() of thousands of digits is slow and refused; any such value is out of range
+        raise ValueError(f"{text[:30]!r}... is too long to be a count")
+    return int(text)
+
+
+__all__ = ["arg_count", "arg_positive", "arg_real", "arg_reals", "arg_positive_real", "arg_seed", "SEED_MAX", "boolean", "choice", "compile_options", "fidelity", "finite_tensor", "globs", "instance",
            "integer", "optional_real", "path", "real", "seed", "text"]
