@@ -7,11 +7,11 @@ of the exact one, and a crossbar whose ADC resolves every partial sum equals the
 
 import pytest
 import torch
+from nvcc_pt.targets.devices import quantize_input_int, quantize_weight
 from torch import nn
 
 import nvcc_pt
 from nvcc_pt import TargetError
-from nvcc_pt.targets.devices import quantize_input_int, quantize_weight
 
 
 def _linear_and_input(k=96, n=40, batch=6):
