@@ -20,10 +20,10 @@ def _check(preds: Sequence, golds: Sequence, numbers_too: bool = False) -> None:
     for name, seq in (("predictions", preds), ("references", golds)):
         if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
             raise InputError(f"{name} must be a list of strings, got {type(seq).__name__}")
-        bad = next((v for v in seq if isinstance(v, bool) or not isinstance(v, kinds)), None)
-        if bad is not None:
-            what = "strings or numbers" if numbers_too else "strings"
-            raise InputError(f"{name} must all be {what}; found {bad!r:.80} ({type(bad).__name__})")
+        for v in seq:
+            if isinstance(v, bool) or not isinstance(v, kinds):
+                what = "strings or numbers" if numbers_too else "strings"
+                raise InputError(f"{name} must all be {what}; found {v!r:.80} ({type(v).__name__})")
     if len(preds) != len(golds):
         raise InputError(f"{len(preds)} predictions for {len(golds)} references; give one prediction per reference")
     if not golds:
