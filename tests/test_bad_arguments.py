@@ -14,8 +14,8 @@ from torch import nn
 import nvcc_pt
 import nvcc_pt.models
 from nvcc_pt import DeviceError, FidelityError, InputError, NvccPtError, TargetError, get_target
-from nvcc_pt.errors import DataError
 from nvcc_pt.cli import main
+from nvcc_pt.errors import DataError
 from nvcc_pt.prompt import metrics
 from nvcc_pt.prompt.bank import OVTBank
 from nvcc_pt.prompt.harness import EvalConfig
