@@ -101,7 +101,7 @@ class OVTBank:
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        d = Path(path)
+        d = Path(check.path("path", path, where="OVTBank.save"))
         d.mkdir(parents=True, exist_ok=True)
         save_file({f"ovt.{i}": t.contiguous() for i, t in enumerate(self._ovts)}, str(d / "ovts.safetensors"))
         doc = {"schema": BANK_SCHEMA, "keys": self._keys, "meta": self.meta}
@@ -112,7 +112,7 @@ class OVTBank:
     def load(cls, path: str | Path) -> OVTBank:
         from safetensors.torch import load_file
 
-        d = Path(path)
+        d = Path(check.path("path", path, where="OVTBank.load"))
         try:
             doc = json.loads((d / "bank.json").read_text(encoding="utf-8"))
             tensors = load_file(str(d / "ovts.safetensors"))

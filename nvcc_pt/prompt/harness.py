@@ -125,7 +125,10 @@ class EvalConfig:
 
 def kpp(values: Sequence[float], k: float, lower_is_better: bool = False) -> float:
     """The k-th percentile performance: the value that the worst k% of instances do not exceed."""
-    t = torch.tensor(list(values), dtype=torch.float64)
+    check.real("k", k, lo=0.0, hi=100.0, where="kpp")
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise InputError(f"kpp: values={values!r:.80} must be a non-empty list of numbers")
+    t = torch.tensor([check.real(f"values[{i}]", v, where="kpp") for i, v in enumerate(values)], dtype=torch.float64)
     q = (100 - k) / 100 if lower_is_better else k / 100
     return float(torch.quantile(t, q))
 

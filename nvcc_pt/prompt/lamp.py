@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nvcc_pt.errors import DataError
+from nvcc_pt.errors import DataError, InputError
 
 LAMP2_TAGS = ("sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia", "dark comedy", "classic",
               "psychology", "fantasy", "romance", "thought-provoking", "social commentary", "violence", "true story")
@@ -78,6 +78,14 @@ class Example:
     output: str
     id: str = ""
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "id"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise InputError(f"Example: {name}={value!r:.80} must be a string (got {type(value).__name__})")
+        if not isinstance(self.meta, dict):
+            raise InputError(f"Example: meta={self.meta!r:.80} must be a dict")
 
 
 @dataclass(frozen=True)
