@@ -117,6 +117,9 @@ class CompiledModel:
                 draw_on: str | None = None) -> CompiledModel:
         """Re-sample device variation (a new programmed instance of the chip); returns self.
 
+        Every draw comes from `seed`, whatever torch's global generator holds; read noise, drawn per call,
+        restarts too, so the calls after `program(seed)` give the same numbers every time.
+
         `time_s`: seconds since programming, for devices that drift (PCM); None keeps the last value
         (initially the device's reference time, no drift).
         `draw_on`: "cpu" (initially) draws the variation on the CPU, so a seed is the same chip on every

@@ -17,8 +17,8 @@ from nvcc_pt import DeviceError, FidelityError, InputError, NvccPtError, TargetE
 from nvcc_pt.cli import main
 from nvcc_pt.errors import DataError
 from nvcc_pt.prompt import metrics
-from nvcc_pt.prompt.bank import OVTBank
-from nvcc_pt.prompt.harness import EvalConfig
+from nvcc_pt.prompt.bank import OVTBank, query_embeddings
+from nvcc_pt.prompt.harness import EvalConfig, evaluate
 from nvcc_pt.prompt.lamp import Example, get_task, load_lamp
 from nvcc_pt.prompt.noise import read_back_ovt
 from nvcc_pt.prompt.selection import SampleBuffer, select_representatives
@@ -113,7 +113,8 @@ COMPILE = [
     ({"soft_prompt": torch.full((2, 8), NAN)}, InputError, r"soft_prompt holds NaN"),
     ({"constant_prompt": "yes"}, InputError, r"constant_prompt='yes' must be True or False"),
     ({"duplicate": 2}, InputError, r"duplicate=2 must be True, False or a dict"),
-    ({"duplicate": {"lin*": 0}}, InputError, r"duplicate\['lin\*'\]=0"),
+    ({"duplicate": {"lin*": 0}}, nvcc_pt.AllocationError, r"duplicate\['lin\*'\]=0 must be a positive integer"),
+    ({"duplicate": {3: 2}}, InputError, r"duplicate key=3 must be a string"),
     ({"tokens": 0}, InputError, r"tokens=0 is out of range"),
     ({"target": "reram-256x256\n"}, TargetError, r"whitespace"),
 ]
@@ -162,6 +163,10 @@ PROMPT = [
     (lambda: SyntheticWorld(words_per_input=30), InputError, r"words_per_domain >= 29"),
     (lambda: SyntheticWorld(seed="s"), InputError, r"seed='s'"),
     (lambda: get_task(2.5), DataError, r"unknown LaMP task 2.5"),
+    (lambda: evaluate(nn.Linear(2, 2), None, "data"), InputError, r"evaluate: dataset must be a LampDataset"),
+    (lambda: query_embeddings(None, None, "abc"), InputError, r"texts must be a list of strings"),
+    (lambda: OVTBank.load(5), InputError, r"OVTBank.load: path=5 must be a path"),
+    (lambda: Example(None, "x"), InputError, r"Example: input=None must be a string"),
     (lambda: load_lamp(5), DataError, r"questions=5 must be the path"),
     (lambda: nvcc_pt.models.build_model("builtin:tiny-llama", seed=-3), InputError, r"seed=-3"),
 ]

@@ -225,6 +225,8 @@ def query_embeddings(model: nn.Module, tokenizer, texts: Sequence[str]) -> list[
     """Each text's token embeddings `[T, hidden]` from the LM's input embedding table (the search query)."""
     from nvcc_pt.prompt.training import encode
 
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise InputError(f"query_embeddings: texts must be a list of strings, got {type(texts).__name__}")
     table = model.get_input_embeddings().weight.detach()
     out = []
     for t in texts:

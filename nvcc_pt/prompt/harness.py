@@ -210,9 +210,16 @@ def _buffers(profile: Sequence[Example], cfg: EvalConfig) -> list[list[Example]]
     return chunks[-cfg.max_buffers:]
 
 
+def _check_run(model, dataset, cfg, where: str) -> None:
+    check.instance("model", model, nn.Module, where=where)
+    check.instance("dataset", dataset, LampDataset, where=where)
+    check.instance("cfg", cfg, EvalConfig, where=where)
+
+
 def build_banks(model: nn.Module, tokenizer, dataset: LampDataset, cfg: EvalConfig, *, embedder: Embedder | None = None,
                 progress: bool = True) -> tuple[dict[str, OVTBank], list[int]]:
     """Train every OVT the methods need; returns the banks (by method, or `nvcimpt@<device>`) and each query's user."""
+    _check_run(model, dataset, cfg, "build_banks")
     users: dict[tuple, int] = {}
     query_user = [users.setdefault(q.profile, len(users)) for q in dataset.queries]
     hidden = model.get_input_embeddings().weight.shape[1]
@@ -247,6 +254,7 @@ def evaluate(model: nn.Module, tokenizer, dataset: LampDataset, cfg: EvalConfig 
              embedder: Embedder | None = None, query_domains: dict[str, object] | None = None,
              banks: dict[str, OVTBank] | None = None, progress: bool = True) -> EvalResult:
     """Run every method of `cfg` on `dataset` over devices, sigmas and programmed instances."""
+    _check_run(model, dataset, cfg, "evaluate")
     queries = [q for q in dataset.queries if q.output is not None]
     if not queries:
         raise InputError("the dataset has no queries with gold outputs; load the LaMP outputs file too")
