@@ -10,6 +10,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from nvcc_pt import meta
+from nvcc_pt import validate as check
 from nvcc_pt.calls import build_output, prepare_inputs
 from nvcc_pt.capture import CaptureInfo, capture, prompted_parts
 from nvcc_pt.cuda_graphs import GraphCache
@@ -22,7 +23,7 @@ from nvcc_pt.pipeline import run_pipeline
 from nvcc_pt.plan import ExecutablePlan, attach_records, collect_records, decode_records, read_plan_dir, save_plan
 from nvcc_pt.report import MappingReport, build_report
 from nvcc_pt.targets import TargetSpec, get_target
-from nvcc_pt.targets.simulator import deferred_checks, program_state, recording
+from nvcc_pt.targets.simulator import deferred_checks, program_state, recording, start_read_streams
 
 
 def _check_fidelity(fidelity: str) -> str:
@@ -47,9 +48,12 @@ class CompiledModel:
         self.report = report
         self.soft_prompt = soft_prompt
         """The soft prompt used when a call passes none (prompted models with the prompt as an input)."""
-        self.cuda_graphs = not write_states(plan.graph_module)
-        """On a CUDA device, replay repeated inference calls (no autograd) from CUDA graphs, one per input shape
-        (off when dynamic products are mapped: their write noise is drawn on the host per call)."""
+        noisy_reads = plan.fidelity not in ("exact", "quantized") and any(
+            s.config.get("read_sigma", 0.0) > 0 for _, s in plan.states())
+        self.cuda_graphs = not write_states(plan.graph_module) and not noisy_reads
+        """On a CUDA device, replay repeated inference calls (no autograd) from CUDA graphs, one per input shape.
+        Off where a call draws noise on the host from (seed, op, call): mapped dynamic products (write noise)
+        and read noise, so a replay never repeats one call's draw."""
         self._graphs = GraphCache()
         self._checked = None
         self._addresses: tuple | None = None
@@ -132,15 +136,22 @@ class CompiledModel:
                 draw_on: str | None = None) -> CompiledModel:
         """Re-sample device variation (a new programmed instance of the chip); returns self.
 
+        Every draw comes from `seed`, whatever torch's global generator holds; read noise, drawn per call,
+        restarts too, so the calls after `program(seed)` give the same numbers every time.
+
         `time_s`: seconds since programming, for devices that drift (PCM); None keeps the last value
         (initially the device's reference time, no drift).
         `draw_on`: "cpu" (initially) draws the variation on the CPU, so a seed is the same chip on every
         device; "device" draws it where the model is, far faster on a GPU (Monte Carlo), but a GPU's chip
         for a seed differs from the CPU's; None keeps the last choice.
         """
+        if seed is not None:
+            check.seed("seed", seed, where="program")
+        if time_s is not None:
+            check.real("time_s", time_s, lo=0.0, lo_open=True, where="program")
+        if draw_on is not None:
+            check.choice("draw_on", draw_on, ("cpu", "device"), where="program")
         draw_on = self.plan.results.get("draw_on", "cpu") if draw_on is None else draw_on
-        if draw_on not in ("cpu", "device"):
-            raise InputError(f"program: draw_on={draw_on!r}; choose 'cpu' or 'device'")
         self.plan.results["draw_on"] = draw_on
         draw_device = self.device if draw_on == "device" else torch.device("cpu")
         seed = self.plan.seed if seed is None else int(seed)
@@ -169,7 +180,7 @@ class CompiledModel:
 
     def with_fidelity(self, fidelity: str) -> CompiledModel:
         """The same mapping at another fidelity level, programmed with the same seed (a new object)."""
-        _check_fidelity(fidelity)
+        check.fidelity(fidelity, where="with_fidelity")
         plan = _relower(self.plan.exported, self.plan.records, self.plan.target, fidelity, self.plan.seed,
                         self.plan.capture, self.plan.results)
         report = MappingReport(self.report.to_dict())
@@ -191,6 +202,9 @@ class CompiledModel:
         """
         from nvcc_pt.targets.simulator import CROSSBAR, recording_ranges
 
+        if isinstance(batches, (torch.Tensor, str, bytes)) or not hasattr(batches, "__iter__"):
+            raise InputError(f"calibrate: batches must be an iterable of model inputs, such as [ids1, ids2], "
+                             f"got {type(batches).__name__}")
         if self.fidelity not in CROSSBAR:
             raise FidelityError(f"calibrate sets ADC ranges, which fidelity {self.fidelity!r} does not model; "
                                 f"use cm.with_fidelity('adc') or 'bit-serial' first")
@@ -207,7 +221,11 @@ class CompiledModel:
 
     def to(self, device: str | torch.device) -> CompiledModel:
         """Move the plan's weights and state to `device` (for example "cuda"); returns self."""
-        device = torch.device(device)
+        check.instance("device", device, (str, torch.device), where="to")
+        try:
+            device = torch.device(device)
+        except RuntimeError as e:
+            raise DeviceError(f"to: device {device!r} is not a device torch knows ({e}); use 'cpu' or 'cuda'") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise DeviceError("CUDA was asked for but torch.cuda.is_available() is False on this machine; "
                               "use cm.to('cpu') or run where a CUDA GPU and a CUDA build of torch are present")
@@ -224,6 +242,7 @@ class CompiledModel:
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the plan directory (plan.json, tensors.safetensors, program.pt2)."""
+        check.path("path", path, where="save")
         extra = {"__soft_prompt__": self.soft_prompt.detach().cpu().contiguous()} if self.soft_prompt is not None else {}
         path = save_plan(self.plan, path, report=self.report.to_dict(), extra_tensors=extra)
         return path
@@ -236,6 +255,7 @@ class CompiledModel:
         """
         from nvcc_pt.targets.onnx import export_onnx
 
+        check.path("path", path, where="export_onnx")
         return export_onnx(self, path)
 
     def __repr__(self) -> str:
@@ -317,8 +337,9 @@ def compile(  # noqa: A001 - the name users expect
         >>> cm = nvcc_pt.compile(model, target="reram-128x128")
         >>> print(cm.report)
     """
+    check.compile_options(seed_value=seed, fidelity_value=fidelity, precision=precision, soft_prompt=soft_prompt,
+                          constant_prompt=constant_prompt, duplicate=duplicate, tokens=tokens)
     spec = get_target(target)
-    _check_fidelity(fidelity)
     policy = MappingPolicy.coerce(policy)
     ctx = PassContext(target=spec, policy=policy, precision=dict(precision or {}),
                       results={"fidelity": fidelity, "seed": seed, "map_dynamic": policy.map_dynamic},
@@ -381,6 +402,7 @@ def load(path: str | Path) -> CompiledModel:
         raise PlanFormatError(f"{Path(path) / 'plan.json'} is malformed ({type(e).__name__}: {e}); save the plan again") from e
     plan = _relower(exported, records, spec, fidelity, seed, info, doc.get("results", {}))
     _restore_states(plan, tensors, path)
+    start_read_streams(plan.states(), seed)
     # The saved report, not a recount: a reloaded program no longer shares tied weights.
     report = MappingReport(doc["report"]) if "report" in doc else build_report(
         plan.graph_module, PassContext(target=spec, results=dict(doc.get("results", {}))),

@@ -10,6 +10,7 @@ import importlib
 import json
 import sys
 
+from nvcc_pt import validate as check
 from nvcc_pt.errors import NvccPtError
 
 # Modules that add subcommands of their own, imported when the parser is built.
@@ -95,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="builtin:tiny-llama", help="builtin:NAME or a local Hugging Face directory")
     p.add_argument("--target", default="reram-128x128")
     p.add_argument("--fidelity", default="noisy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompt-tokens", type=int, default=0, help="prepend N trainable virtual tokens (soft prompt)")
+    p.add_argument("--seed", type=check.arg_seed, default=0)
+    p.add_argument("--prompt-tokens", type=check.arg_count, default=0, help="prepend N trainable virtual tokens (soft prompt)")
     p.add_argument("--exclude", action="append", help="module-name glob to keep digital (repeatable)")
     p.add_argument("--lm-head-digital", action="store_true", help="keep the output head digital")
     p.add_argument("--map-dynamic", action="store_true",
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except NvccPtError as e:
         print(f"nvcc-pt: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave that cannot be read or written
+        print(f"nvcc-pt: error: {e.strerror or e}: {e.filename or ''}; check the path", file=sys.stderr)
         return 2
 
 

@@ -72,6 +72,11 @@ def build_model(spec: str, *, seed: int = 0) -> nn.Module:
     """`builtin:NAME` (seeded random weights) or a local Hugging Face model directory."""
     from transformers import AutoModelForCausalLM
 
+    from nvcc_pt import validate as check
+
+    check.text("model", spec, where="build_model")
+    check.seed("seed", seed, where="build_model")
+
     if spec.startswith("builtin:"):
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(builtin_config(spec.removeprefix("builtin:"))).eval()

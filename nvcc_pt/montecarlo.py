@@ -10,6 +10,7 @@ hides the bad chips and the minimum depends on how many were drawn.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import torch
 from torch.utils._pytree import tree_flatten
 from tqdm.auto import tqdm
 
+from nvcc_pt import validate as check
 from nvcc_pt.calls import build_output
 from nvcc_pt.errors import InputError
 
@@ -95,8 +97,6 @@ def _same(a, b) -> bool:
 def _instances_per_pass(cm, requested: int | None, seeds: int) -> int:
     """How many instances one forward evaluates: `requested`, or as many as fit a memory budget (at most 16)."""
     if requested is not None:
-        if requested < 1:
-            raise InputError(f"montecarlo: instances_per_pass={requested!r} must be at least 1")
         return min(requested, seeds)
     if cm.plan.capture.kind == "module" and cm.plan.capture.inputs[0].shape[:1] != (None,):
         return 1  # no dynamic leading (batch) dimension to fold instances into
@@ -142,6 +142,24 @@ def _stack_instances(cm, seeds: list[int], draw_on: str) -> None:
     cm._state_replaced()
 
 
+MAX_SEEDS = 10**7
+"""More instances than this in one call is a typing error (each is a forward pass)."""
+
+
+def _seed_list(seeds: int | Iterable[int]) -> list[int]:
+    """`seeds` as a list: N gives 0..N-1; an iterable gives its own seeds (each a valid seed)."""
+    if isinstance(seeds, (str, bytes)) or not (isinstance(seeds, Iterable) or isinstance(seeds, numbers.Integral)):
+        raise InputError(f"montecarlo: seeds={seeds!r} must be a count or an iterable of integer seeds")
+    if not isinstance(seeds, Iterable):
+        return list(range(check.integer("seeds", max(int(seeds), 0), hi=MAX_SEEDS, where="montecarlo")))
+    out = []
+    for s in seeds:
+        out.append(check.seed("seed", s, where="montecarlo"))
+        if len(out) > MAX_SEEDS:
+            raise InputError(f"montecarlo: more than {MAX_SEEDS} seeds; pass fewer")
+    return out
+
+
 def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: float = 1.0,
                higher_is_better: bool = True, progress: bool = True,
                instances_per_pass: int | None = None, draw_on: str = "cpu") -> MonteCarloResult:
@@ -170,13 +188,20 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
         >>> res = nvcc_pt.montecarlo(cm, lambda m: accuracy(m, batch), seeds=200, k=1)
         >>> print(res.mean, res.std, res.kpp)
     """
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    seed_list = _seed_list(seeds)
     if not seed_list:
         raise InputError(f"montecarlo needs at least one seed, got seeds={seeds!r}")
-    if not 0 <= k <= 100:
-        raise InputError(f"montecarlo: k={k!r} is a percentile and must lie in [0, 100]")
-    if draw_on not in ("cpu", "device"):
-        raise InputError(f"montecarlo: draw_on={draw_on!r}; choose 'cpu' or 'device'")
+    from nvcc_pt.api import CompiledModel
+
+    check.instance("cm", cm, CompiledModel, where="montecarlo")
+    if not callable(metric):
+        raise InputError(f"montecarlo: metric must be a function of the compiled model, got {type(metric).__name__}")
+    check.real("percentile k", k, lo=0.0, hi=100.0, where="montecarlo")
+    check.boolean("higher_is_better", higher_is_better, where="montecarlo")
+    check.boolean("progress", progress, where="montecarlo")
+    if instances_per_pass is not None:
+        check.integer("instances_per_pass", instances_per_pass, lo=1, hi=4096, where="montecarlo")
+    check.choice("draw_on", draw_on, ("cpu", "device"), where="montecarlo")
     per_pass = _instances_per_pass(cm, instances_per_pass, len(seed_list))
     own_seed, own_draw = cm.seed, cm.plan.results.get("draw_on", "cpu")
     values: list[float] = []

@@ -10,7 +10,9 @@ model can be trained through (noise-aware prompt training does that).
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -56,6 +58,29 @@ def parse_config(config: str) -> dict[str, Any]:
     return json.loads(config)
 
 
+@dataclass
+class ReadStream:
+    """Where one op's read noise comes from: the plan's seed, the op's index in the plan, and the calls so far.
+
+    Read noise is drawn per call from a generator seeded by (seed, op, call), so a sequence of calls after
+    `cm.program(seed)` repeats exactly, whatever torch's global generator holds. `program` resets `calls`.
+    """
+
+    seed: int
+    op_index: int
+    calls: int = 0
+
+    def next_seed(self) -> int:
+        """The seed of the next call's draws (a hash of the three numbers, so no two (op, call) pairs collide)."""
+        self.calls += 1
+        key = f"{self.seed}:{self.op_index}:{self.calls}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+READ_STREAM_ATTR = "_nvcc_read_stream"
+"""The attribute of an op's `scale` buffer that holds its `ReadStream`: the op sees its state only as tensors."""
+
+
 class CimState(nn.Module):
     """The programmed state of one mapped op.
 
@@ -84,9 +109,16 @@ class CimState(nn.Module):
         # The ADC range is two numbers the host reads on every call: it stays on the CPU, so reading it costs no
         # device sync (and a CUDA graph can capture the op).
         adc_range = self.adc_range
+        stream = getattr(self.scale, READ_STREAM_ATTR, None)
         super()._apply(fn, recurse)
         self.adc_range = adc_range
+        if stream is not None:  # a moved buffer is a new tensor: the read-noise stream goes with it
+            setattr(self.scale, READ_STREAM_ATTR, stream)
         return self
+
+    def start_read_stream(self, seed: int, op_index: int) -> None:
+        """Restart this op's read noise for a programmed instance (`ReadStream`)."""
+        setattr(self.scale, READ_STREAM_ATTR, ReadStream(seed, op_index))
 
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)

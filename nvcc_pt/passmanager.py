@@ -42,6 +42,14 @@ class MappingPolicy:
     """Map attention's QK^T and AV too (`decompose_attention` makes them explicit): K^T and V are written into
     cells per input, with write noise from the device model, and the cost counts those writes."""
 
+    def __post_init__(self) -> None:
+        from nvcc_pt import validate as check
+
+        for name in ("include", "exclude"):
+            object.__setattr__(self, name, check.globs(name, getattr(self, name), where="MappingPolicy"))
+        for name in ("map_lm_head", "map_dynamic"):
+            check.boolean(name, getattr(self, name), where="MappingPolicy")
+
     @staticmethod
     def coerce(policy: MappingPolicy | dict | str | None) -> MappingPolicy:
         if policy is None:
@@ -56,7 +64,7 @@ class MappingPolicy:
         if isinstance(policy, dict):
             try:
                 return MappingPolicy(**{k: tuple(v) if isinstance(v, list) else v for k, v in policy.items()})
-            except TypeError as e:
+            except TypeError as e:  # unknown fields
                 raise NvccPtError(f"bad policy {policy!r}: {e}; fields are include, exclude, map_lm_head, map_dynamic") from e
         raise NvccPtError(f"policy must be a MappingPolicy, dict, preset name or None, got {type(policy).__name__}")
 

@@ -167,7 +167,7 @@ class ComponentCosts:
                      "digital_clock_mhz"):
             if not getattr(self, name) > 0:
                 raise CostModelError(f"cost figure {name}={getattr(self, name)!r} must be > 0")
-        if self.digital_baseline not in BASELINES:
+        if not isinstance(self.digital_baseline, str) or self.digital_baseline not in BASELINES:
             raise CostModelError(f"digital_baseline={self.digital_baseline!r} is unknown; choose one of {sorted(BASELINES)}")
 
     def replace(self, **changes: Any) -> ComponentCosts:

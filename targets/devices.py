@@ -50,15 +50,21 @@ def magnitudes(wq: torch.Tensor, sign: str, weight_bits: int) -> torch.Tensor:
 def slice_levels(mag: torch.Tensor, cell_bits: int, slices: int) -> torch.Tensor:
     """Split unsigned integer values into `slices` cell levels, least significant first: `[S, ...]`.
 
-    Integer tensors are sliced with shifts and masks (and come back as uint8); float ones arithmetically.
+    Integer tensors are sliced with shifts and masks (and come back as `cell_dtype(cell_bits)`); float ones
+    arithmetically.
     """
     base = 2**cell_bits
     shape = (slices,) + (1,) * mag.dim()
     if not mag.is_floating_point():
         shifts = cell_bits * torch.arange(slices, device=mag.device, dtype=mag.dtype)
-        return ((mag.unsqueeze(0) >> shifts.view(shape)) & (base - 1)).to(torch.uint8)
+        return ((mag.unsqueeze(0) >> shifts.view(shape)) & (base - 1)).to(cell_dtype(cell_bits))
     weights = base ** torch.arange(slices, device=mag.device, dtype=mag.dtype)
     return torch.floor_divide(mag.unsqueeze(0), weights.view(shape)) % base
+
+
+def cell_dtype(cell_bits: int) -> torch.dtype:
+    """The integer dtype that holds every level of a `cell_bits` cell: uint8 up to 8 bits, int32 above."""
+    return torch.uint8 if cell_bits <= 8 else torch.int32
 
 
 def slice_places(cell_bits: int, slices: int, device=None) -> torch.Tensor:
@@ -73,7 +79,7 @@ def weight_codes(source: torch.Tensor, cfg: dict) -> tuple[torch.Tensor, torch.T
 
 
 def levels_of(codes: torch.Tensor, cfg: dict) -> torch.Tensor:
-    """Ideal cell levels `[P, S, N, K]` (uint8) of integer weight codes `[N, K]`."""
+    """Ideal cell levels `[P, S, N, K]` (`cell_dtype`) of integer weight codes `[N, K]`."""
     mag = magnitudes(codes.to(torch.int32) if cfg["weight_bits"] > 15 else codes, cfg["sign"], cfg["weight_bits"])
     return slice_levels(mag, cfg["cell_bits"], cfg["slices"]).transpose(0, 1).contiguous()
 

@@ -372,14 +372,17 @@ def read_onnx_annotations(path: str | os.PathLike) -> dict[str, Any]:
     props = {p.key: p.value for p in proto.metadata_props}
     if MODEL_KEYS["plan_schema"] not in props:
         raise InputError(f"{path} carries no nvcc_pt annotations; export it with cm.export_onnx()")
-    out: dict[str, Any] = {
-        "plan_schema": int(props[MODEL_KEYS["plan_schema"]]),
-        "fidelity": props.get(MODEL_KEYS["fidelity"]),
-        "seed": int(props[MODEL_KEYS["seed"]]) if MODEL_KEYS["seed"] in props else None,
-        "target": props.get(MODEL_KEYS["target"]),
-        "report": json.loads(props[MODEL_KEYS["report"]]) if MODEL_KEYS["report"] in props else None,
-        "ops": {},
-    }
+    try:
+        out: dict[str, Any] = {
+            "plan_schema": int(props[MODEL_KEYS["plan_schema"]]),
+            "fidelity": props.get(MODEL_KEYS["fidelity"]),
+            "seed": int(props[MODEL_KEYS["seed"]]) if MODEL_KEYS["seed"] in props else None,
+            "target": props.get(MODEL_KEYS["target"]),
+            "report": json.loads(props[MODEL_KEYS["report"]]) if MODEL_KEYS["report"] in props else None,
+            "ops": {},
+        }
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"{path} carries malformed nvcc_pt annotations ({type(e).__name__}: {e}); export it again") from e
     for node in proto.graph.node:
         if node.domain == DOMAIN:
             ann = {p.key: p.value for p in node.metadata_props if p.key.startswith("cim.")}

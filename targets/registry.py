@@ -10,17 +10,19 @@ import difflib
 import math
 import re
 
-from nvcc_pt.targets.spec import DeviceModel, TargetSpec
+from nvcc_pt.targets.spec import MAX_ARRAY, DeviceModel, TargetSpec
 
 from nvcc_pt.errors import TargetError
 
 _TARGETS: dict[str, TargetSpec] = {}
 _FAMILY_BASE: dict[str, str] = {}  # device family -> preset it is resized from
-_NAME = re.compile(r"^(?P<device>[a-z][a-z0-9]*)-(?P<rows>\d+)x(?P<cols>\d+)$")
+_NAME = re.compile(r"(?P<device>[a-z][a-z0-9]*)-(?P<rows>[0-9]+)x(?P<cols>[0-9]+)")  # matched in full
 
 
 def register_target(spec: TargetSpec, *, family_base: bool = False) -> TargetSpec:
     """Add `spec` under `spec.name`; refuses a name that is taken."""
+    if not isinstance(spec, TargetSpec):
+        raise TargetError(f"register_target takes a TargetSpec, got {type(spec).__name__}")
     if spec.name in _TARGETS:
         raise TargetError(f"target {spec.name!r} is already registered; pick another name or use spec.replace()")
     _TARGETS[spec.name] = spec
@@ -39,14 +41,18 @@ def get_target(target: str | TargetSpec) -> TargetSpec:
     if isinstance(target, TargetSpec):
         return target
     if not isinstance(target, str):
-        raise TargetError(f"target must be a name or a TargetSpec, got {type(target).__name__}")
+        raise TargetError(f"target must be a name or a TargetSpec, got {type(target).__name__} {target!r:.80}")
     if target in _TARGETS:
         return _TARGETS[target]
-    match = _NAME.match(target)
+    if target != target.strip():
+        raise TargetError(f"target name {target!r} has surrounding whitespace; pass {target.strip()!r}")
+    match = _NAME.fullmatch(target)
     if match and match["device"] in _FAMILY_BASE:
-        rows, cols = int(match["rows"]), int(match["cols"])
-        if rows <= 0 or cols <= 0:
-            raise TargetError(f"target {target!r}: rows and cols must be positive")
+        # int() of thousands of digits raises ValueError; any size that long is out of range anyway
+        rows, cols = (int(t) if len(t) < 12 else 10**12 for t in (match["rows"], match["cols"]))
+        if not (0 < rows <= MAX_ARRAY and 0 < cols <= MAX_ARRAY):
+            raise TargetError(f"target {target!r}: a {match['rows']:.20}x{match['cols']:.20} array is out of range; rows and cols must lie "
+                              f"in [1, {MAX_ARRAY}]")
         return _TARGETS[_FAMILY_BASE[match["device"]]].replace(name=target, rows=rows, cols=cols)
     close = difflib.get_close_matches(target, list(_TARGETS), n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -45,6 +45,7 @@ check is queued and read once per forward (`deferred_checks`) instead of syncing
 from __future__ import annotations
 
 import math
+import zlib
 from contextlib import contextmanager
 
 import numpy as np
@@ -68,7 +69,7 @@ from nvcc_pt.targets.devices import (
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
-from nvcc_pt.ops import FIDELITIES, CimState, parse_config
+from nvcc_pt.ops import FIDELITIES, READ_STREAM_ATTR, CimState, ReadStream, parse_config
 
 IMPLEMENTED = FIDELITIES
 CROSSBAR = ("adc", "bit-serial")
@@ -147,6 +148,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         return
     levels, scale = _ideal_levels(state, cfg)
     state.scale = scale
+    state.start_read_stream(seed, op_index)
     if fidelity == "quantized":
         _store(state, "weight", (read_back(levels.float(), cfg) * scale[:, None]).to(source.dtype))
         state.levels = no_levels
@@ -162,6 +164,28 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         _store(state, "levels", crossbar_levels(programmed, cfg))
     else:
         state.levels = no_levels
+
+
+def start_read_streams(states: list[tuple[str, CimState]], seed: int) -> None:
+    """Restart every op's read noise for `seed` (what programming does), for states restored from a file."""
+    for i, (_, state) in enumerate(states):
+        if state.scale.numel():
+            state.start_read_stream(seed, i)
+
+
+def read_generator(scale: torch.Tensor, cfg: dict, device: torch.device) -> torch.Generator | None:
+    """The generator of one call's read noise, from the op's `ReadStream` (kept on its `scale` buffer).
+
+    While a CUDA graph is being recorded there is no per-call host code to seed from; the replay draws from
+    the device's default generator, as a graph's random ops do (None).
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    stream = getattr(scale, READ_STREAM_ATTR, None)
+    if stream is None:  # a state never programmed here: key it by the op's name, deterministically
+        stream = ReadStream(0, zlib.crc32(cfg["op"].encode()))
+        setattr(scale, READ_STREAM_ATTR, stream)
+    return torch.Generator(device=device).manual_seed(stream.next_seed())
 
 
 def _store(state: CimState, name: str, value: torch.Tensor) -> None:
@@ -366,7 +390,9 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     read = cfg.get("read_sigma", 0.0) * (2 ** cfg["cell_bits"] - 1)
     if read > 0:  # fresh read noise per call; a differential pair reads two independent cells
         factor = math.sqrt(2) if cfg["sign"] == "differential" else 1.0
-        levels = levels + torch.randn_like(levels) * (read * factor)
+        noise = torch.randn(levels.shape, generator=read_generator(scale, cfg, levels.device), device=levels.device,
+                            dtype=levels.dtype)
+        levels = levels + noise.mul_(read * factor)
     lo, step = _adc_grid(cfg, adc_range, bit_serial)
     hi = lo + 2 ** cfg["adc_bits"] - 1
     place_s = slice_places(cfg["cell_bits"], slices, x.device)
@@ -401,7 +427,8 @@ def _read_noise_weight(weight: torch.Tensor, scale: torch.Tensor, cfg: dict) -> 
         return weight
     places = slice_places(cfg["cell_bits"], cfg["slices"])
     cells = (2 if cfg["sign"] == "differential" else 1) * float((places**2).sum())
-    noise = torch.randn(weight.shape, device=weight.device, dtype=torch.float32) * (read * math.sqrt(cells))
+    noise = torch.randn(weight.shape, generator=read_generator(scale, cfg, weight.device), device=weight.device,
+                        dtype=torch.float32) * (read * math.sqrt(cells))
     return weight + (noise * scale[:, None]).to(weight.dtype)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError, PlanFormatError
 from nvcc_pt.prompt.ssa import SSA_SCALES, SSA_WEIGHTS, check_scales, key_dim, ssa_keys, ssa_query
 
@@ -57,9 +58,13 @@ class OVTBank:
 
     def add(self, key: str, ovt: torch.Tensor, meta: dict | None = None) -> None:
         """Store `ovt` under `key` (replacing an OVT already stored under it)."""
-        ovt = torch.as_tensor(ovt).detach().float().cpu()
-        if ovt.dim() != 2:
-            raise InputError(f"OVT {key!r} has shape {tuple(ovt.shape)}; an OVT is [n_virtual, hidden]")
+        check.text("key", key, where="OVTBank.add")
+        check.finite_tensor(f"OVT {key!r}", ovt, where="OVTBank.add")
+        if meta is not None and not isinstance(meta, dict):
+            raise InputError(f"OVTBank.add: meta for {key!r} must be a dict or None, got {type(meta).__name__}")
+        ovt = ovt.detach().float().cpu()
+        if ovt.dim() != 2 or 0 in ovt.shape:
+            raise InputError(f"OVT {key!r} has shape {tuple(ovt.shape)}; an OVT is [n_virtual, hidden], both > 0")
         if self.shape is not None and tuple(ovt.shape) != self.shape:
             raise InputError(f"OVT {key!r} has shape {tuple(ovt.shape)} but the bank holds {self.shape} OVTs")
         if key in self._keys:
@@ -96,7 +101,7 @@ class OVTBank:
     def save(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        d = Path(path)
+        d = Path(check.path("path", path, where="OVTBank.save"))
         d.mkdir(parents=True, exist_ok=True)
         save_file({f"ovt.{i}": t.contiguous() for i, t in enumerate(self._ovts)}, str(d / "ovts.safetensors"))
         doc = {"schema": BANK_SCHEMA, "keys": self._keys, "meta": self.meta}
@@ -107,7 +112,7 @@ class OVTBank:
     def load(cls, path: str | Path) -> OVTBank:
         from safetensors.torch import load_file
 
-        d = Path(path)
+        d = Path(check.path("path", path, where="OVTBank.load"))
         try:
             doc = json.loads((d / "bank.json").read_text(encoding="utf-8"))
             tensors = load_file(str(d / "ovts.safetensors"))
@@ -117,13 +122,15 @@ class OVTBank:
             bank = cls()
             for i, key in enumerate(keys):
                 bank.add(key, tensors[f"ovt.{i}"], doc.get("meta", {}).get(key))
-        except (OSError, KeyError, ValueError, TypeError) as e:
+        except (OSError, KeyError, ValueError, TypeError, AttributeError, RecursionError) as e:
             raise PlanFormatError(f"{d} is not a readable OVT bank ({type(e).__name__}: {e}); save it again") from e
         return bank
 
     def compile(self, target, *, sigma: float | None = None, scales: Sequence[int] = SSA_SCALES,
                 weights: Sequence[float] = SSA_WEIGHTS, fidelity: str = "noisy", seed: int = 0) -> CompiledBank:
         """Map the bank onto `target` (with device sigma `sigma` when given) and program it with `seed`."""
+        check.seed("seed", seed, where="OVTBank.compile")
+        check.fidelity(fidelity, where="OVTBank.compile")
         return CompiledBank(self, target, sigma=sigma, scales=scales, weights=weights, fidelity=fidelity, seed=seed)
 
 
@@ -168,6 +175,7 @@ class CompiledBank:
 
     def program(self, seed: int) -> CompiledBank:
         """Program another instance of the chip (fresh device variation); returns self."""
+        check.seed("seed", seed, where="CompiledBank.program")
         self.cm.program(seed)
         self._store_state = self._state_of("store")
         return self
@@ -178,10 +186,14 @@ class CompiledBank:
 
     def query_vectors(self, token_embeds: Sequence[torch.Tensor]) -> torch.Tensor:
         """`[Q, D]` query vectors from each input's token embeddings `[T_i, hidden]`."""
+        if isinstance(token_embeds, torch.Tensor) or not isinstance(token_embeds, Sequence):
+            raise InputError(f"search: token_embeds must be a list of [tokens, {self.hidden}] tensors, one per query, "
+                             f"got {type(token_embeds).__name__}")
         if len(token_embeds) == 0:
             raise InputError("no queries to search with")
         for i, t in enumerate(token_embeds):
-            if t.dim() != 2 or t.shape[1] != self.hidden:
+            check.finite_tensor(f"query {i}", t, where="search")
+            if t.dim() != 2 or t.shape[1] != self.hidden or t.shape[0] == 0:
                 raise InputError(f"query {i} has shape {tuple(t.shape)}; expected [tokens, {self.hidden}]")
         return torch.stack([ssa_query(t.detach().float(), self.n_virtual, self.scales) for t in token_embeds])
 
@@ -213,6 +225,8 @@ def query_embeddings(model: nn.Module, tokenizer, texts: Sequence[str]) -> list[
     """Each text's token embeddings `[T, hidden]` from the LM's input embedding table (the search query)."""
     from nvcc_pt.prompt.training import encode
 
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+        raise InputError(f"query_embeddings: texts must be a list of strings, got {type(texts).__name__}")
     table = model.get_input_embeddings().weight.detach()
     out = []
     for t in texts:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x)
+from nvcc_pt import validate as check
 
 
 def _eval(args) -> int:
@@ -28,7 +26,7 @@ def _eval(args) -> int:
     dataset = load_lamp(args.questions, args.outputs, task=args.task)
     if args.limit:
         dataset.queries = dataset.queries[: args.limit]
-    cfg = EvalConfig(devices=tuple(args.devices.split(",")), sigmas=_floats(args.sigmas), instances=args.instances,
+    cfg = EvalConfig(devices=tuple(args.devices.split(",")), sigmas=args.sigmas, instances=args.instances,
                      crossbar=args.crossbar, n_virtual=args.n_virtual, buffer_size=args.buffer_size,
                      max_buffers=args.max_buffers, n_clusters=args.clusters, per_cluster=args.per_cluster,
                      steps=args.steps, lr=args.lr, train_sigma=args.train_sigma, censor=args.censor, seed=args.seed)
@@ -63,26 +61,26 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--outputs", required=True, help="LaMP outputs (golds) JSON file")
     e.add_argument("--task", default=None, help="LaMP task id (default: from the outputs file)")
     e.add_argument("--devices", default="rram1,rram4,fefet2,fefet6")
-    e.add_argument("--sigmas", default="0.025,0.05,0.075,0.1,0.125")
-    e.add_argument("--instances", type=int, default=3, help="programmed chip instances per point")
+    e.add_argument("--sigmas", type=check.arg_reals, default=(0.025, 0.05, 0.075, 0.1, 0.125))
+    e.add_argument("--instances", type=check.arg_positive, default=3, help="programmed chip instances per point")
     e.add_argument("--crossbar", default="128x128")
-    e.add_argument("--n-virtual", type=int, default=8)
-    e.add_argument("--buffer-size", type=int, default=25)
-    e.add_argument("--max-buffers", type=int, default=2)
-    e.add_argument("--clusters", type=int, default=2)
-    e.add_argument("--per-cluster", type=int, default=5)
-    e.add_argument("--steps", type=int, default=120, help="prompt-tuning steps per OVT")
-    e.add_argument("--lr", type=float, default=0.05)
-    e.add_argument("--train-sigma", type=float, default=0.1)
-    e.add_argument("--censor", type=float, default=None, help="right-censor training noise at this many sigmas")
-    e.add_argument("--limit", type=int, default=0, help="evaluate only the first N queries")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--n-virtual", type=check.arg_positive, default=8)
+    e.add_argument("--buffer-size", type=check.arg_positive, default=25)
+    e.add_argument("--max-buffers", type=check.arg_positive, default=2)
+    e.add_argument("--clusters", type=check.arg_positive, default=2)
+    e.add_argument("--per-cluster", type=check.arg_positive, default=5)
+    e.add_argument("--steps", type=check.arg_count, default=120, help="prompt-tuning steps per OVT")
+    e.add_argument("--lr", type=check.arg_positive_real, default=0.05)
+    e.add_argument("--train-sigma", type=check.arg_real, default=0.1)
+    e.add_argument("--censor", type=check.arg_positive_real, default=None, help="right-censor training noise at this many sigmas")
+    e.add_argument("--limit", type=check.arg_count, default=0, help="evaluate only the first N queries")
+    e.add_argument("--seed", type=check.arg_seed, default=0)
     e.add_argument("--out", default="nvcimpt_eval")
     e.set_defaults(func=_eval)
 
     s = sub.add_parser("synth", help="write synthetic LaMP-format data (users whose domains shift over time)")
     s.add_argument("--out", required=True)
     s.add_argument("--task", type=int, default=2, choices=(2, 3))
-    s.add_argument("--users", type=int, default=3)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--users", type=check.arg_count, default=3)
+    s.add_argument("--seed", type=check.arg_seed, default=0)
     s.set_defaults(func=_synth)

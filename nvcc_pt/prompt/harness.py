@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,13 +39,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 from nvcc_pt.prompt.bank import OVTBank, query_embeddings
 from nvcc_pt.prompt.lamp import Example, LampDataset
 from nvcc_pt.prompt.metrics import LOWER_IS_BETTER
 from nvcc_pt.prompt.selection import Embedder, select_representatives
-from nvcc_pt.prompt.ssa import SSA_SCALES, SSA_WEIGHTS
+from nvcc_pt.prompt.ssa import SSA_SCALES, SSA_WEIGHTS, check_scales
 from nvcc_pt.prompt.training import predict, score, train_ovt
+from nvcc_pt.targets.spec import MAX_SIGMA
 
 METHODS = ("no-prompt", "pt-mips", "nvcimpt", "nvcimpt-mips", "nvcimpt-no-nat")
 DEVICES = ("rram1", "rram4", "fefet2", "fefet6")
@@ -87,18 +90,45 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        where = "EvalConfig"
+        for name in ("devices", "methods"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)) or not value \
+                    or not all(isinstance(v, str) for v in value):
+                raise InputError(f"{where}: {name}={value!r:.80} must be a non-empty tuple of names")
+            object.__setattr__(self, name, tuple(value))
+        if isinstance(self.sigmas, (str, bytes)) or not isinstance(self.sigmas, (tuple, list)) or not self.sigmas:
+            raise InputError(f"{where}: sigmas={self.sigmas!r:.80} must be a non-empty tuple of numbers")
+        object.__setattr__(self, "sigmas", tuple(check.real(f"sigmas[{i}]", s, lo=0.0, hi=MAX_SIGMA, where=where)
+                                                 for i, s in enumerate(self.sigmas)))
+        counts = {"instances": (1, 10**6), "n_virtual": (1, 4096), "buffer_size": (1, 2**20), "max_buffers": (1, 2**20),
+                  "n_clusters": (1, 2**20), "per_cluster": (1, 2**20), "steps": (0, 10**9), "batch_size": (1, 2**20)}
+        for name, (lo, hi) in counts.items():
+            check.integer(name, getattr(self, name), lo=lo, hi=hi, where=where)
+        check.text("crossbar", self.crossbar, where=where)
+        if not re.fullmatch(r"[0-9]{1,4}x[0-9]{1,4}", self.crossbar):
+            raise InputError(f"{where}: crossbar={self.crossbar!r:.80} must read '<rows>x<cols>', such as '128x128'")
+        check.real("lr", self.lr, lo=0.0, lo_open=True, where=where)
+        check.real("train_sigma", self.train_sigma, lo=0.0, hi=MAX_SIGMA, where=where)
+        check.optional_real("censor", self.censor, lo=0.0, lo_open=True, where=where)
+        check_scales(self.scales, self.weights)
+        check.real("kpp", self.kpp, lo=0.0, hi=100.0, where=where)
+        check.seed("seed", self.seed, where=where)
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise InputError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
-        if self.instances < 1:
-            raise InputError(f"instances={self.instances} must be >= 1")
-        if any(not (math.isfinite(s) and s >= 0) for s in self.sigmas):
-            raise InputError(f"sigmas {self.sigmas} must be finite and >= 0")
+        from nvcc_pt.targets import get_target
+
+        for device in self.devices:  # an unknown device fails here, not after hours of training
+            get_target(f"{device}-{self.crossbar}")
 
 
 def kpp(values: Sequence[float], k: float, lower_is_better: bool = False) -> float:
     """The k-th percentile performance: the value that the worst k% of instances do not exceed."""
-    t = torch.tensor(list(values), dtype=torch.float64)
+    check.real("k", k, lo=0.0, hi=100.0, where="kpp")
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise InputError(f"kpp: values={values!r:.80} must be a non-empty list of numbers")
+    t = torch.tensor([check.real(f"values[{i}]", v, where="kpp") for i, v in enumerate(values)], dtype=torch.float64)
     q = (100 - k) / 100 if lower_is_better else k / 100
     return float(torch.quantile(t, q))
 
@@ -180,9 +210,16 @@ def _buffers(profile: Sequence[Example], cfg: EvalConfig) -> list[list[Example]]
     return chunks[-cfg.max_buffers:]
 
 
+def _check_run(model, dataset, cfg, where: str) -> None:
+    check.instance("model", model, nn.Module, where=where)
+    check.instance("dataset", dataset, LampDataset, where=where)
+    check.instance("cfg", cfg, EvalConfig, where=where)
+
+
 def build_banks(model: nn.Module, tokenizer, dataset: LampDataset, cfg: EvalConfig, *, embedder: Embedder | None = None,
                 progress: bool = True) -> tuple[dict[str, OVTBank], list[int]]:
     """Train every OVT the methods need; returns the banks (by method, or `nvcimpt@<device>`) and each query's user."""
+    _check_run(model, dataset, cfg, "build_banks")
     users: dict[tuple, int] = {}
     query_user = [users.setdefault(q.profile, len(users)) for q in dataset.queries]
     hidden = model.get_input_embeddings().weight.shape[1]
@@ -217,6 +254,7 @@ def evaluate(model: nn.Module, tokenizer, dataset: LampDataset, cfg: EvalConfig 
              embedder: Embedder | None = None, query_domains: dict[str, object] | None = None,
              banks: dict[str, OVTBank] | None = None, progress: bool = True) -> EvalResult:
     """Run every method of `cfg` on `dataset` over devices, sigmas and programmed instances."""
+    _check_run(model, dataset, cfg, "evaluate")
     queries = [q for q in dataset.queries if q.output is not None]
     if not queries:
         raise InputError("the dataset has no queries with gold outputs; load the LaMP outputs file too")

@@ -13,10 +13,12 @@ Example:
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nvcc_pt.errors import DataError
+from nvcc_pt.errors import DataError, InputError
 
 LAMP2_TAGS = ("sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia", "dark comedy", "classic",
               "psychology", "fantasy", "romance", "thought-provoking", "social commentary", "violence", "true story")
@@ -60,11 +62,12 @@ TASKS: dict[int, LampTask] = {t.task_id: t for t in (
 
 def get_task(task_id: int | str) -> LampTask:
     """The task with number `task_id` (`2`, `"2"` or `"LaMP_2"`)."""
-    key = str(task_id).removeprefix("LaMP_").removeprefix("lamp")
     try:
-        return TASKS[int(key)]
-    except (ValueError, KeyError):
-        raise DataError(f"unknown LaMP task {task_id!r}; supported tasks are {sorted(TASKS)}") from None
+        if isinstance(task_id, bool) or not isinstance(task_id, (int, str)):
+            raise TypeError
+        return TASKS[int(str(task_id).removeprefix("LaMP_").removeprefix("lamp"))]
+    except (TypeError, ValueError, KeyError):
+        raise DataError(f"unknown LaMP task {task_id!r:.80}; supported tasks are {sorted(TASKS)}") from None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,14 @@ class Example:
     output: str
     id: str = ""
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "id"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise InputError(f"Example: {name}={value!r:.80} must be a string (got {type(value).__name__})")
+        if not isinstance(self.meta, dict):
+            raise InputError(f"Example: meta={self.meta!r:.80} must be a dict")
 
 
 @dataclass(frozen=True)
@@ -99,15 +110,41 @@ class LampDataset:
         return [Example(q.input, q.output, q.id) for q in self.queries if q.output is not None]
 
 
+def _path(value, name: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value) or "\0" in str(os.fspath(value)):
+        raise DataError(f"load_lamp: {name}={value!r:.80} must be the path of a LaMP JSON file (str or pathlib.Path)")
+    return Path(value)
+
+
 def _read_json(path: Path):
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise DataError(f"cannot read LaMP file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"LaMP file {path} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                        "LaMP files are UTF-8 JSON") from e
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"LaMP file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    except RecursionError:
+        raise DataError(f"LaMP file {path} nests JSON too deeply to be a LaMP file (lists of flat records)") from None
+
+
+def _text(value, field_name: str, where: str) -> str:
+    """A record field as text: a string, or a finite number (LaMP writes some scores as numbers); else `DataError`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    raise DataError(f"{where}: field {field_name!r} is {value!r:.80}; it must be a string (or a finite number)")
+
+
+def _record_id(value, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(f"{where}: 'id' is {value!r:.80}; it must be a string or an integer")
+    return str(value)
 
 
 def profile_example(task: LampTask, item: dict, where: str) -> Example:
@@ -118,8 +155,9 @@ def profile_example(task: LampTask, item: dict, where: str) -> Example:
     if missing:
         raise DataError(f"{where}: profile item {item.get('id', '?')!r} lacks field(s) {missing} that LaMP-{task.task_id} "
                         f"profiles carry ({list(task.profile_input) + [task.profile_output]})")
-    text = " ".join(str(item[k]) for k in task.profile_input)
-    return Example(text, str(item[task.profile_output]), str(item.get("id", "")),
+    text = " ".join(_text(item[k], k, where) for k in task.profile_input)
+    return Example(text, _text(item[task.profile_output], task.profile_output, where),
+                   _record_id(item["id"], where) if "id" in item else "",
                    {k: v for k, v in item.items() if k not in (*task.profile_input, task.profile_output, "id")})
 
 
@@ -129,11 +167,11 @@ def load_lamp(questions: str | Path, outputs: str | Path | None = None, task: in
     The task comes from `task` or from the outputs file's `"task"` field. Any record that does not
     parse raises `DataError` naming the file and the record.
     """
-    qpath = Path(questions)
+    qpath = _path(questions, "questions")
     qdoc = _read_json(qpath)
     golds: dict[str, str] = {}
     if outputs is not None:
-        opath = Path(outputs)
+        opath = _path(outputs, "outputs")
         odoc = _read_json(opath)
         if not isinstance(odoc, dict) or not isinstance(odoc.get("golds"), list):
             raise DataError(f"LaMP outputs file {opath} must be an object with a 'golds' list")
@@ -142,7 +180,8 @@ def load_lamp(questions: str | Path, outputs: str | Path | None = None, task: in
         for i, g in enumerate(odoc["golds"]):
             if not isinstance(g, dict) or "id" not in g or "output" not in g:
                 raise DataError(f"{opath}: gold record {i} must be an object with 'id' and 'output', got {g!r:.80}")
-            golds[str(g["id"])] = str(g["output"])
+            where = f"{opath}, gold record {i}"
+            golds[_record_id(g["id"], where)] = _text(g["output"], "output", where)
     if task is None:
         raise DataError(f"the LaMP task of {qpath} is unknown; pass task= (one of {sorted(TASKS)}) or an outputs file")
     spec = get_task(task)
@@ -156,10 +195,10 @@ def load_lamp(questions: str | Path, outputs: str | Path | None = None, task: in
         profile = q.get("profile", [])
         if not isinstance(profile, list):
             raise DataError(f"{where} (id {q['id']!r}): 'profile' must be a list")
-        qid = str(q["id"])
+        qid = _record_id(q["id"], where)
         if outputs is not None and qid not in golds:
             raise DataError(f"{where}: question id {qid!r} has no gold output in {outputs}")
-        queries.append(LampQuery(qid, str(q["input"]), golds.get(qid),
+        queries.append(LampQuery(qid, _text(q["input"], "input", where), golds.get(qid),
                                  tuple(profile_example(spec, it, f"{where} (id {qid!r})") for it in profile)))
     return LampDataset(spec, queries)
 

@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from nvcc_pt.errors import InputError
 
 
-def _check(preds: Sequence, golds: Sequence) -> None:
+def _check(preds: Sequence, golds: Sequence, numbers_too: bool = False) -> None:
+    kinds = (str, int, float) if numbers_too else (str,)
+    for name, seq in (("predictions", preds), ("references", golds)):
+        if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence):
+            raise InputError(f"{name} must be a list of strings, got {type(seq).__name__}")
+        for v in seq:
+            if isinstance(v, bool) or not isinstance(v, kinds):
+                what = "strings or numbers" if numbers_too else "strings"
+                raise InputError(f"{name} must all be {what}; found {v!r:.80} ({type(v).__name__})")
     if len(preds) != len(golds):
         raise InputError(f"{len(preds)} predictions for {len(golds)} references; give one prediction per reference")
     if not golds:
@@ -33,6 +41,8 @@ def f1_macro(preds: Sequence[str], golds: Sequence[str], labels: Sequence[str] |
     _check(preds, golds)
     preds, golds = [p.strip() for p in preds], [g.strip() for g in golds]
     labels = sorted(set(golds)) if labels is None else list(labels)
+    if not labels or not all(isinstance(label, str) for label in labels):
+        raise InputError(f"f1: labels={labels!r:.80} must be a non-empty list of strings (or None for the golds' labels)")
     scores = []
     for label in labels:
         tp = sum(p == label and g == label for p, g in zip(preds, golds))
@@ -51,14 +61,14 @@ def _to_float(x: str | float) -> float:
 
 def mae(preds: Sequence[str | float], golds: Sequence[str | float]) -> float:
     """Mean absolute error; a prediction that is not a number counts as the largest error on the 1-5 scale (4)."""
-    _check(preds, golds)
+    _check(preds, golds, numbers_too=True)
     errs = [abs(_to_float(p) - _to_float(g)) for p, g in zip(preds, golds)]
     return sum(4.0 if math.isnan(e) else e for e in errs) / len(errs)
 
 
 def rmse(preds: Sequence[str | float], golds: Sequence[str | float]) -> float:
     """Root mean squared error; a prediction that is not a number counts as an error of 4."""
-    _check(preds, golds)
+    _check(preds, golds, numbers_too=True)
     errs = [abs(_to_float(p) - _to_float(g)) for p, g in zip(preds, golds)]
     return math.sqrt(sum((4.0 if math.isnan(e) else e) ** 2 for e in errs) / len(errs))
 

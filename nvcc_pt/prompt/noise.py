@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 from nvcc_pt.meta import NoiseInfo
 from nvcc_pt.targets import TargetSpec, get_target
@@ -29,7 +30,7 @@ def noise_info(target: str | TargetSpec, sigma: float | None = None) -> tuple[Ta
     """The target (with `sigma` applied when given) and the noise record a mapped op on it is programmed with."""
     spec = get_target(target)
     if sigma is not None:
-        spec = spec.replace(sigma=float(sigma))
+        spec = spec.replace(sigma=sigma)
     dev = spec.device
     info = NoiseInfo(device=dev.name, sigma=dev.sigma, level_sigmas=dev.level_sigmas(spec.levels),
                      read_sigma=dev.read_sigma, stuck_at_gmin=dev.stuck_at_gmin, stuck_at_gmax=dev.stuck_at_gmax,
@@ -40,6 +41,9 @@ def noise_info(target: str | TargetSpec, sigma: float | None = None) -> tuple[Ta
 def read_back_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.Generator, *, sigma: float | None = None,
                   censor: float | None = None) -> torch.Tensor:
     """`ovt` `[n_virtual, hidden]` as a programmed crossbar reads it back (device variation from `generator`)."""
+    check.finite_tensor("ovt", ovt, where="read_back_ovt")
+    check.instance("generator", generator, torch.Generator, where="read_back_ovt")
+    check.optional_real("censor", censor, lo=0.0, lo_open=True, where="read_back_ovt")
     if ovt.dim() != 2:
         raise InputError(f"an OVT must be [n_virtual, hidden]; got shape {tuple(ovt.shape)}")
     spec, info = noise_info(target, sigma)

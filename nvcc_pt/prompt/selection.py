@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 from nvcc_pt.prompt.lamp import Example
 
@@ -74,19 +75,32 @@ class Domain:
 def select_representatives(buffer: Sequence[Example], n_clusters: int = 3, per_cluster: int = 5, *,
                            embedder: Embedder | None = None, seed: int = 0) -> list[Domain]:
     """Cluster `buffer` into `n_clusters` domains and pick each domain's `per_cluster` most central samples."""
+    where = "select_representatives"
+    if isinstance(buffer, (str, bytes)) or not isinstance(buffer, Sequence):
+        raise InputError(f"{where}: buffer must be a sequence of Example, got {type(buffer).__name__}")
     if len(buffer) == 0:
         raise InputError("the sample buffer is empty; add user samples before selecting representatives")
-    if n_clusters < 1 or per_cluster < 1:
-        raise InputError(f"n_clusters={n_clusters} and per_cluster={per_cluster} must be positive")
+    for i, e in enumerate(buffer):
+        check.instance(f"buffer[{i}]", e, Example, where=where)
+    check.integer("n_clusters", n_clusters, lo=1, where=where)
+    check.integer("per_cluster", per_cluster, lo=1, where=where)
+    check.seed("seed", seed, where=where)
+    if embedder is not None and not callable(embedder):
+        raise InputError(f"{where}: embedder must be a callable list[str] -> Tensor [n, d], got {type(embedder).__name__}")
     if len(buffer) < n_clusters:
         raise InputError(f"the buffer holds {len(buffer)} samples, fewer than n_clusters={n_clusters}; "
                          "gather more samples or ask for fewer clusters")
     from sklearn.cluster import KMeans
 
     emb = (embedder or minilm_embed)([e.input for e in buffer])
-    emb = torch.as_tensor(emb, dtype=torch.float32)
-    if emb.dim() != 2 or emb.shape[0] != len(buffer):
+    try:
+        emb = torch.as_tensor(emb, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"{where}: the embedder returned {type(emb).__name__}, not a tensor [n, d] ({e})") from None
+    if emb.dim() != 2 or emb.shape[0] != len(buffer) or emb.shape[1] == 0:
         raise InputError(f"the embedder returned shape {tuple(emb.shape)} for {len(buffer)} texts; it must return [n, d]")
+    if not bool(torch.isfinite(emb).all()):
+        raise InputError(f"{where}: the embedder returned NaN or infinite embeddings; check the embedder and the texts")
     km = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit(emb.double().numpy())
     labels = torch.as_tensor(km.labels_)
     centroids = torch.as_tensor(km.cluster_centers_, dtype=torch.float32)
@@ -105,13 +119,12 @@ class SampleBuffer:
     """A user's recent samples, `capacity` of them (25 in the paper); `add` says when it is full."""
 
     def __init__(self, capacity: int = 25):
-        if capacity < 1:
-            raise InputError(f"buffer capacity {capacity} must be positive")
-        self.capacity = capacity
+        self.capacity = check.integer("capacity", capacity, lo=1, hi=2**31, where="SampleBuffer")
         self.samples: list[Example] = []
 
     def add(self, example: Example) -> bool:
         """Append a sample; True when the buffer is now full (time to select and train)."""
+        check.instance("example", example, Example, where="SampleBuffer.add")
         self.samples.append(example)
         return len(self.samples) >= self.capacity
 

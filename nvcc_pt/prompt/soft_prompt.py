@@ -31,8 +31,16 @@ class SoftPromptLM(nn.Module):
     def __init__(self, model: nn.Module, num_virtual_tokens: int = 8, *, init: torch.Tensor | None = None,
                  seed: int = 0):
         super().__init__()
-        if num_virtual_tokens <= 0:
-            raise InputError(f"num_virtual_tokens={num_virtual_tokens} must be positive")
+        from nvcc_pt import validate as check
+
+        check.instance("model", model, nn.Module, where="SoftPromptLM")
+        check.integer("num_virtual_tokens", num_virtual_tokens, lo=1, hi=4096, where="SoftPromptLM")
+        check.seed("seed", seed, where="SoftPromptLM")
+        if init is not None:
+            check.finite_tensor("init", init, dims=2, where="SoftPromptLM")
+        if not hasattr(model, "get_input_embeddings"):
+            raise InputError(f"SoftPromptLM: {type(model).__name__} has no input embeddings (get_input_embeddings); "
+                             "wrap a causal LM")
         embed = model.get_input_embeddings()
         hidden = embed.weight.shape[1]
         if init is None:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 
 SSA_SCALES = (1, 2, 4)
@@ -34,11 +35,14 @@ SSA_WEIGHTS = (1.0, 0.8, 0.6)
 
 
 def check_scales(scales: Sequence[int], weights: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    scales, weights = tuple(int(s) for s in scales), tuple(float(w) for w in weights)
+    """`scales` (integers >= 1) and `weights` (finite numbers) as tuples of equal, non-zero length."""
+    for name, value in (("scales", scales), ("weights", weights)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise InputError(f"SSA {name}={value!r:.80} must be a sequence, such as {SSA_SCALES if name == 'scales' else SSA_WEIGHTS}")
+    scales = tuple(check.integer(f"scales[{i}]", s, lo=1, hi=2**16, where="SSA") for i, s in enumerate(scales))
+    weights = tuple(check.real(f"weights[{i}]", w, where="SSA") for i, w in enumerate(weights))
     if not scales or len(scales) != len(weights):
         raise InputError(f"scales {scales} and weights {weights} must be non-empty and of the same length")
-    if any(s < 1 for s in scales):
-        raise InputError(f"scales {scales} must be positive integers")
     return scales, weights
 
 

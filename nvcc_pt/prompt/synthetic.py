@@ -23,11 +23,16 @@ import math
 import random
 from pathlib import Path
 
+from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 from nvcc_pt.prompt.lamp import LAMP2_TAGS, Example, LampDataset, LampQuery, get_task
 
 ANSWER = "Answer:"
 """The word that ends every LM prompt; the output follows it."""
+
+
+MAX_COUNT = 100_000
+"""Largest domain, user, history or word count: a synthetic world that size is already a typing error."""
 
 
 def lm_prompt(text: str) -> str:
@@ -41,6 +46,16 @@ class SyntheticWorld:
     def __init__(self, task: int = 2, *, n_domains: int = 6, words_per_domain: int = 10, n_users: int = 3,
                  domains_per_user: int = 3, history_len: int = 50, queries_per_user: int = 30, words_per_input: int = 6,
                  n_cues: int = 2, prefix_len: int = 8, seed: int = 0):
+        counts = {"n_domains": (n_domains, 1), "words_per_domain": (words_per_domain, 1), "n_users": (n_users, 0),
+                  "domains_per_user": (domains_per_user, 1), "history_len": (history_len, 0),
+                  "queries_per_user": (queries_per_user, 0), "words_per_input": (words_per_input, 1),
+                  "n_cues": (n_cues, 1), "prefix_len": (prefix_len, 0)}
+        for name, (value, lo) in counts.items():
+            check.integer(name, value, lo=lo, hi=MAX_COUNT, where="SyntheticWorld")
+        check.seed("seed", seed, where="SyntheticWorld")
+        if words_per_input - 1 > words_per_domain:
+            raise InputError(f"SyntheticWorld: words_per_input={words_per_input} needs words_per_domain >= "
+                             f"{words_per_input - 1} topic words to draw from, got {words_per_domain}")
         self.task = get_task(task)
         if self.task.task_id not in (2, 3):
             raise InputError(f"the synthetic generator writes LaMP-2 and LaMP-3 style data; got task {task}")
@@ -108,6 +123,9 @@ class SyntheticWorld:
         A fraction `no_prefix` has no prefix and a random label, so the LM learns that without the
         prefix it cannot know the rule.
         """
+        check.integer("n", n, lo=0, hi=10**7, where="pretraining_texts")
+        check.seed("seed", seed, where="pretraining_texts")
+        check.real("no_prefix", no_prefix, lo=0.0, hi=1.0, where="pretraining_texts")
         rng = random.Random(seed)
         texts = []
         for _ in range(n):

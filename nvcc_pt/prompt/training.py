@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 from nvcc_pt.prompt.lamp import Example, LampTask
 from nvcc_pt.prompt.noise import noisy_ovt
@@ -110,8 +111,25 @@ def train_ovt(model: nn.Module, tokenizer, examples: Sequence[Example], *, n_vir
         lr: Adam step size relative to the RMS of the model's embedding table.
         target, sigma, censor: device noise injected into the OVT at every step (see `noise.noisy_ovt`).
     """
+    where = "train_ovt"
+    if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence):
+        raise InputError(f"{where}: examples must be a list of Example, got {type(examples).__name__}")
     if not examples:
         raise InputError("no training examples; an OVT needs at least one (input, output) pair")
+    for i, e in enumerate(examples):
+        check.instance(f"examples[{i}]", e, Example, where=where)
+    check.integer("n_virtual", n_virtual, lo=1, hi=4096, where=where)
+    check.integer("steps", steps, lo=0, hi=10**9, where=where)
+    check.real("lr", lr, lo=0.0, lo_open=True, where=where)
+    check.integer("batch_size", batch_size, lo=1, hi=2**20, where=where)
+    check.optional_real("sigma", sigma, lo=0.0, where=where)
+    check.optional_real("censor", censor, lo=0.0, lo_open=True, where=where)
+    check.seed("seed", seed, where=where)
+    check.boolean("progress", progress, where=where)
+    if isinstance(init, torch.Tensor):
+        check.finite_tensor("init", init, where=where, dims=2)
+    elif not isinstance(init, str):
+        raise InputError(f"{where}: init={init!r:.80} must be 'samples', 'vocab' or a tensor [n_virtual, hidden]")
     torch.manual_seed(seed)
     if isinstance(init, str):
         if init not in ("samples", "vocab"):
@@ -147,6 +165,11 @@ def predict(model: nn.Module, tokenizer, task: LampTask, inputs: Sequence[str],
             prompts: Sequence[torch.Tensor | None] | torch.Tensor | None = None, *, max_new_tokens: int = 24,
             batch_size: int = 32) -> list[str]:
     """The model's output for each input, each with its own soft prompt (or none)."""
+    check.instance("task", task, LampTask, where="predict")
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence) or not all(isinstance(t, str) for t in inputs):
+        raise InputError(f"predict: inputs must be a list of strings, got {type(inputs).__name__}")
+    check.integer("max_new_tokens", max_new_tokens, lo=0, hi=2**16, where="predict")
+    check.integer("batch_size", batch_size, lo=1, hi=2**20, where="predict")
     model.eval()
     if prompts is not None and isinstance(prompts, torch.Tensor) and prompts.dim() == 2:
         prompts = [prompts] * len(inputs)
