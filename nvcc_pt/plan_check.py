@@ -14,7 +14,7 @@ import enum
 import math
 import types
 import typing
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ def _fail(where: str, why: str) -> PlanFormatError:
     return PlanFormatError(f"{where}: {why}; the plan is corrupted or was edited, save the plan again")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

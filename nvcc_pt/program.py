@@ -66,9 +66,12 @@ class SavedProgram:
     def __init__(self, doc: dict[str, Any], tensors: dict[str, torch.Tensor]):
         self.doc = doc
         self.tensors = tensors
+        self.fresh: fx.GraphModule | None = None
+        """A module already built (by the loader's checks) and not yet handed out."""
 
     def module(self, check_guards: bool = False) -> fx.GraphModule:
-        return build_module(self.doc, self.tensors)
+        gm, self.fresh = self.fresh, None
+        return gm if gm is not None else build_module(self.doc, self.tensors)
 
 
 # -- writing ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from conftest import logits
+from plan_forge import reseal
 
 import nvcc_pt
 from nvcc_pt import PlanFormatError
@@ -20,7 +21,7 @@ def saved(tmp_path_factory, tiny_models):
 
 def test_save_load_round_trips_to_identical_outputs(saved, ids):
     cm, path = saved
-    assert sorted(p.name for p in path.iterdir()) == ["plan.json", "program.pt2", "tensors.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["plan.json", "program.json", "tensors.safetensors"]
     loaded = nvcc_pt.load(path)
     prompt = torch.randn(3, 36) * 0.1
     with torch.no_grad():
@@ -85,8 +86,11 @@ def test_corrupted_or_incomplete_tensors(saved, tmp_path):
 
     partial = _copy(path, tmp_path / "partial")
     tensors = load_file(str(partial / "tensors.safetensors"))
-    tensors.pop(next(k for k in tensors if k.endswith(".weight")))
+    tensors.pop(next(k for k in tensors if k.endswith(".weight") and not k.startswith("program/")))
     save_file(tensors, str(partial / "tensors.safetensors"))
+    with pytest.raises(PlanFormatError, match="does not match the SHA-256 digest"):
+        nvcc_pt.load(partial)
+    reseal(partial)  # consistent digests do not make up for a missing tensor
     with pytest.raises(PlanFormatError, match="programmed weights are missing"):
         nvcc_pt.load(partial)
 
