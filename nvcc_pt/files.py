@@ -186,3 +186,26 @@ def directory_writer(path: str | os.PathLike, what: str = "directory",
         raise
     if backup is not None:
         _remove(backup)
+
+
+@contextlib.contextmanager
+def scratch_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside `path` (same file system, so its files can be renamed over `path`),
+    removed when the block ends; one left by a killed writer is removed by the next."""
+    path = check_target(Path(path))
+    for p in leftovers(path, ("tmp",)):
+        _remove(p)
+    tmp = _sibling(path, "tmp")
+    try:
+        tmp.mkdir()
+    except OSError as e:
+        raise _write_error(path, e) from e
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
+
+
+def move_into_place(source: Path, path: str | os.PathLike, what: str = "file") -> Path:
+    """Atomically replace `path` by the finished file `source` (on the same file system)."""
+    return write_with(path, lambda tmp: os.replace(source, tmp), what)

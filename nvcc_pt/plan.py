@@ -245,8 +245,8 @@ def read_plan(path: str | Path) -> LoadedPlan:
     gm = build_module(program_doc, graph, str(path / PROGRAM))
     program.fresh = gm
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    if placeholders != [i.name for i in capture.inputs]:
-        raise PlanFormatError(f"{where}: the captured inputs {[i.name for i in capture.inputs]} are not the "
+    if len(placeholders) != len(capture.inputs):
+        raise PlanFormatError(f"{where}: the captured inputs {[i.name for i in capture.inputs]} do not match the "
                               f"program's inputs {placeholders}; the directory mixes files of different saves")
     check_records(records, gm, target, where)
     calibrated = {k.removesuffix(".adc_range") for k, t in tensors.items() if k.endswith(".adc_range") and t.numel()}

@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nvcc_pt.errors import InputError
+from nvcc_pt.files import write_text
 from nvcc_pt.prompt.bank import OVTBank, query_embeddings
 from nvcc_pt.prompt.lamp import Example, LampDataset
 from nvcc_pt.prompt.metrics import LOWER_IS_BETTER
@@ -140,7 +141,7 @@ class EvalResult:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps({"task": self.task, "metric": self.metric, "config": self.config, "rows": self.rows}, indent=1)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_text(path, text, "results")
         return text
 
     def plot(self, path: str | Path) -> Path:
