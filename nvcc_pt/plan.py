@@ -238,6 +238,8 @@ def read_plan(path: str | Path) -> LoadedPlan:
         raise PlanFormatError(f"{where}: fidelity {str(fidelity)[:40]!r} / seed {str(seed)[:40]!r} is not one of "
                               f"{FIDELITIES} / an integer in [0, 2**63)")
     results = results_from_json(doc.get("results", {}), where)
+    if not isinstance(doc.get("report", {}), dict):
+        raise PlanFormatError(f"{where}: report must be an object; save the plan again")
     records = records_from_json(_field(doc, "records", where), where)
 
     graph = {k.removeprefix(GRAPH_PREFIX): t for k, t in tensors.items() if k.startswith(GRAPH_PREFIX)}

@@ -190,6 +190,27 @@ def _resolve(target: Any, where: str) -> Any:
     return op
 
 
+def _strings(a: Any) -> bool:
+    return isinstance(a, str) or (isinstance(a, (list, tuple)) and any(_strings(x) for x in a))
+
+
+def _check_call(op: Any, args: tuple, kwargs: dict[str, Any], where: str) -> None:
+    """Arguments bind to the operator's schema, and strings go only where the schema takes strings."""
+    if not isinstance(op, torch._ops.OpOverload):
+        if kwargs or len(args) > 3 or _strings(args):
+            raise _bad(where, f"{op.__name__} takes up to three positional non-string arguments")
+        return
+    schema = op._schema.arguments
+    positional = [a for a in schema if not a.kwarg_only]
+    by_name = {a.name: a for a in schema}
+    if len(args) > len(positional) or not set(kwargs) <= set(by_name):
+        raise _bad(where, f"the arguments do not fit {op}'s schema {op._schema}")
+    bound = [*zip(positional, args), *((by_name[k], v) for k, v in kwargs.items())]
+    for arg, value in bound:
+        if _strings(value) and "str" not in str(arg.type):
+            raise _bad(where, f"argument {arg.name!r} of {op} is a {arg.type}, not the string {str(value)[:60]!r}")
+
+
 def _decode_arg(a: Any, nodes: dict[str, fx.Node], where: str) -> Any:
     if a is None or isinstance(a, (bool, int, float, str)):
         return a
@@ -276,9 +297,11 @@ def build_module(doc: Any, tensors: dict[str, torch.Tensor], where: str = "progr
         elif op == "call_function" and set(entry) == {"name", "op", "target", "args", "kwargs"}:
             if not (isinstance(entry["args"], list) and isinstance(entry["kwargs"], dict)):
                 raise _bad(here, "args must be a list and kwargs an object")
-            node = graph.create_node("call_function", _resolve(entry["target"], here),
-                                     tuple(_decode_arg(entry["args"], nodes, here)),
-                                     {k: _decode_arg(v, nodes, here) for k, v in entry["kwargs"].items()}, name=name)
+            op = _resolve(entry["target"], here)
+            args = tuple(_decode_arg(entry["args"], nodes, here))
+            kwargs = {k: _decode_arg(v, nodes, here) for k, v in entry["kwargs"].items()}
+            _check_call(op, args, kwargs, here)
+            node = graph.create_node("call_function", op, args, kwargs, name=name)
         elif op == "output" and set(entry) == {"name", "op", "args"}:
             if not (isinstance(entry["args"], list) and len(entry["args"]) == 1):
                 raise _bad(here, "the output node takes one argument")
