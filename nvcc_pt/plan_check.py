@@ -78,7 +78,7 @@ def from_json(value: Any, hint: Any, where: str) -> Any:
             pass
     elif dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return _dataclass(value, hint, where)
-    raise _fail(where, f"{str(value)[:80]!r} is not a {getattr(hint, '__name__', str(hint))}")
+    raise _fail(where, f"{str(value)[:80]!r} is not of type {getattr(hint, '__name__', str(hint))}")
 
 
 def _dataclass(value: dict[str, Any], cls: type, where: str) -> Any:

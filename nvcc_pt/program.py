@@ -9,7 +9,8 @@ Document (`program.json`):
 
     {"format": "nvcc_pt.program", "version": 1,
      "attributes": [{"name": "m.lm_head.weight", "kind": "parameter" | "buffer" | "constant",
-                     "tensor": "graph.m.lm_head.weight", "requires_grad": false}],
+                     "tensor": "m.lm_head.weight", "dtype": "float32", "shape": [101, 36],
+                     "requires_grad": false}],
      "nodes": [{"name": "input_ids", "op": "placeholder"},
                {"name": "w", "op": "get_attr", "target": "m.lm_head.weight"},
                {"name": "linear", "op": "call_function", "target": "aten.linear.default",
@@ -58,6 +59,7 @@ _NODE = re.compile(r"^(?!__|self$)[A-Za-z_][A-Za-z0-9_]*$")
 _PATH_PART = re.compile(r"^(?!__)[A-Za-z0-9_]+$")
 _DEVICE = re.compile(r"^(cpu|cuda|meta|mps|xpu)(:[0-9]{1,3})?$")
 KINDS = ("parameter", "buffer", "constant")
+ATTRIBUTE_FIELDS = {"name", "kind", "tensor", "dtype", "shape", "requires_grad"}
 
 
 class SavedProgram:
@@ -133,10 +135,10 @@ def encode_module(gm: fx.GraphModule) -> tuple[dict[str, Any], dict[str, torch.T
     def add(name: str, value: torch.Tensor, kind: str) -> None:
         ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), tuple(value.stride()),
                  value.dtype) if value.device.type != "meta" else id(value)
-        key = keys.setdefault(ident, f"graph.{name}")  # tied weights share one stored tensor
+        key = keys.setdefault(ident, name)  # tied weights share one stored tensor
         tensors[key] = value.detach()
-        attributes.append({"name": name, "kind": kind, "tensor": key,
-                           "requires_grad": bool(kind == "parameter" and value.requires_grad)})
+        attributes.append({"name": name, "kind": kind, "tensor": key, "dtype": str(value.dtype).removeprefix("torch."),
+                           "shape": list(value.shape), "requires_grad": bool(kind == "parameter" and value.requires_grad)})
 
     for name, p in gm.named_parameters(remove_duplicate=False):
         add(name, p, "parameter")
@@ -238,8 +240,8 @@ def _decode_arg(a: Any, nodes: dict[str, fx.Node], where: str) -> Any:
 
 def _install(gm: nn.Module, attr: dict[str, Any], tensors: dict[str, torch.Tensor], params: dict[str, nn.Parameter],
              where: str) -> None:
-    if not (isinstance(attr, dict) and set(attr) == {"name", "kind", "tensor", "requires_grad"}):
-        raise _bad(where, f"attribute entry {str(attr)[:100]} is not {{name, kind, tensor, requires_grad}}")
+    if not (isinstance(attr, dict) and set(attr) == ATTRIBUTE_FIELDS):
+        raise _bad(where, f"attribute entry {str(attr)[:100]} does not have exactly the fields {sorted(ATTRIBUTE_FIELDS)}")
     name, kind, key, grad = attr["name"], attr["kind"], attr["tensor"], attr["requires_grad"]
     parts = name.split(".") if isinstance(name, str) else []
     if not parts or not all(_PATH_PART.match(p) for p in parts) or kind not in KINDS or not isinstance(grad, bool):
@@ -254,6 +256,9 @@ def _install(gm: nn.Module, attr: dict[str, Any], tensors: dict[str, torch.Tenso
             owner.add_module(part, nn.Module())
         owner = owner._modules[part]
     leaf, value = parts[-1], tensors[key]
+    if attr["dtype"] != str(value.dtype).removeprefix("torch.") or attr["shape"] != list(value.shape):
+        raise _bad(where, f"attribute {name!r} is declared {attr['dtype']} {attr['shape']}, but tensor {key!r} is "
+                          f"{value.dtype} {list(value.shape)}")
     if hasattr(owner, leaf):
         raise _bad(where, f"attribute {name!r} is defined twice or collides with a module attribute")
     if kind == "parameter":
