@@ -191,7 +191,8 @@ def directory_writer(path: str | os.PathLike, what: str = "directory",
 @contextlib.contextmanager
 def scratch_directory(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary folder beside `path` (same file system, so its files can be renamed over `path`),
-    removed when the block ends; one left by a killed writer is removed by the next."""
+    removed when the block ends; one left by a killed writer is removed by the next. An `OSError` in the
+    block becomes `FileWriteError`."""
     path = check_target(Path(path))
     for p in leftovers(path, ("tmp",)):
         _remove(p)
@@ -202,6 +203,10 @@ def scratch_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise _write_error(path, e) from e
     try:
         yield tmp
+    except FileWriteError:
+        raise
+    except OSError as e:  # writing the parts inside the block failed
+        raise _write_error(path, e) from e
     finally:
         _remove(tmp)
 
