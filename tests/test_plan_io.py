@@ -112,3 +112,25 @@ def test_exact_plan_round_trip_for_a_plain_lm(tiny_models, tmp_path, ids):
     with torch.no_grad():
         out = nvcc_pt.load(tmp_path / "p")(ids)
     assert ((out - logits(model, ids)).norm() / logits(model, ids).norm()) < 1e-5
+
+
+def _logits(out):
+    return getattr(out, "logits", out)
+
+
+def test_a_loaded_causal_lm_keeps_dynamic_batch_and_sequence(tiny_models, tmp_path):
+    cm = nvcc_pt.compile(tiny_models("tiny-llama"), "reram-128x128", fidelity="adc", seed=3)
+    cm.save(tmp_path / "p")
+    loaded = nvcc_pt.load(tmp_path / "p")
+    with torch.no_grad():
+        for batch, seq in ((1, 1), (5, 23), (3, 200)):
+            x = torch.randint(0, 101, (batch, seq), generator=torch.Generator().manual_seed(seq))
+            assert torch.equal(_logits(loaded(x)), _logits(cm(x)))
+    # a loaded plan re-lowers, re-saves and reloads like a compiled one
+    x = torch.randint(0, 101, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(_logits(loaded.with_fidelity("quantized")(x)), _logits(cm.with_fidelity("quantized")(x)))
+    loaded.save(tmp_path / "again")
+    assert (tmp_path / "again" / "program.json").read_bytes() == (tmp_path / "p" / "program.json").read_bytes()
+    with torch.no_grad():
+        assert torch.equal(_logits(nvcc_pt.load(tmp_path / "again")(x)), _logits(cm(x)))
