@@ -347,6 +347,7 @@ def load(path: str | Path) -> CompiledModel:
     try:
         p = read_plan(path)
         plan = _relower(p.program, p.records, p.target, p.fidelity, p.seed, p.capture, p.results)
+        _retarget_devices(plan.graph_module, torch.device("cpu"))  # a plan compiled on a GPU loads on the CPU
         _restore_states(plan, p.states, path)
         # Recounted from the checked records rather than read back: the saved report is derived data.
         report = build_report(plan.graph_module, PassContext(target=p.target, results=dict(p.results)),

@@ -51,14 +51,16 @@ def _alive(pid: int) -> bool:
 def leftovers(path: Path, kinds: tuple[str, ...] = ("tmp", "old")) -> list[Path]:
     """Temporaries and backups that interrupted writes to `path` left beside it (their writers are gone)."""
     path = Path(path)
-    if not path.parent.is_dir():
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:  # a missing or unreadable folder has no leftovers we could remove
         return []
     out = []
-    for p in path.parent.iterdir():
+    for p in siblings:
         m = _LEFTOVER.match(p.name)
         if m and m["name"] == path.name and m["kind"] in kinds and not _alive(int(m["pid"])):
             out.append(p)
-    return sorted(out, key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+    return sorted(out, key=lambda p: p.lstat().st_mtime if p.exists() else 0.0)
 
 
 def _remove(p: Path) -> None:

@@ -59,6 +59,8 @@ _NODE = re.compile(r"^(?!__|self$)[A-Za-z_][A-Za-z0-9_]*$")
 _PATH_PART = re.compile(r"^(?!__)[A-Za-z0-9_]+$")
 _DEVICE = re.compile(r"^(cpu|cuda|meta|mps|xpu)(:[0-9]{1,3})?$")
 KINDS = ("parameter", "buffer", "constant")
+RESERVED = ("cim",)
+"""Top-level attribute names the lowering adds (`passes/lower.py` keeps the crossbar state under `cim`)."""
 ATTRIBUTE_FIELDS = {"name", "kind", "tensor", "dtype", "shape", "requires_grad"}
 
 
@@ -248,6 +250,8 @@ def _install(gm: nn.Module, attr: dict[str, Any], tensors: dict[str, torch.Tenso
         raise _bad(where, f"attribute {str(name)[:80]!r} of kind {str(kind)[:20]!r} is malformed")
     if not isinstance(key, str) or key not in tensors:
         raise _bad(where, f"attribute {name!r} reads tensor {str(key)[:80]!r}, which tensors.safetensors lacks")
+    if parts[0] in RESERVED:
+        raise _bad(where, f"attribute {name!r} uses the name {parts[0]!r}, which lowering reserves")
     owner = gm
     for part in parts[:-1]:
         if part not in owner._modules:
