@@ -102,3 +102,28 @@ def test_any_plan_json_loads_or_raises_plan_format_error(plan, ids, data):
     with torch.no_grad():
         assert _logits(cm(ids)).shape == (*ids.shape, 101)
     str(cm.report)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_program_json_loads_or_raises_plan_format_error(plan, data):
+    """The same for the graph: resealed, so every mutation reaches the program parser and the cross-checks."""
+    path, base, _ = plan
+    reseal(path, copy.deepcopy(base))  # undo what the other property left in plan.json
+    program = json.loads((path / "program.json").read_text())
+    original = (path / "program.json").read_text()
+    try:
+        for m in data.draw(mutations(_paths(program))):
+            try:
+                program = _apply(program, *m)
+            except (KeyError, IndexError, TypeError):
+                continue
+        (path / "program.json").write_text(json.dumps(program))
+        reseal(path, copy.deepcopy(base))
+        try:
+            nvcc_pt.load(path)
+        except PlanFormatError:
+            pass
+    finally:
+        (path / "program.json").write_text(original)

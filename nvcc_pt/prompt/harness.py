@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nvcc_pt.errors import InputError
-from nvcc_pt.files import write_text
+from nvcc_pt.files import write_text, write_with
 from nvcc_pt.prompt.bank import OVTBank, query_embeddings
 from nvcc_pt.prompt.lamp import Example, LampDataset
 from nvcc_pt.prompt.metrics import LOWER_IS_BETTER
@@ -165,7 +165,8 @@ class EvalResult:
         axes[0][0].set_ylabel(f"{self.metric} (solid: mean, dotted: KPP)")
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        fmt = Path(path).suffix.lstrip(".") or "png"  # the temporary name has no suffix to infer it from
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt), "plot")
         plt.close(fig)
         return Path(path)
 
