@@ -341,7 +341,7 @@ def load(path: str | Path) -> CompiledModel:
     Example:
         >>> cm.save("plan"); cm2 = nvcc_pt.load("plan")
     """
-    from nvcc_pt.errors import NvccPtError, PlanFormatError
+    from nvcc_pt.errors import PlanFormatError
     from nvcc_pt.plan import read_plan
 
     try:
@@ -354,7 +354,7 @@ def load(path: str | Path) -> CompiledModel:
                               model=p.capture.model_class, fidelity=p.fidelity, seed=p.seed)
     except PlanFormatError:
         raise
-    except (NvccPtError, Exception) as e:  # the last guard: a plan file never surfaces a raw exception
+    except Exception as e:  # the last guard: a plan file never surfaces a raw exception (nor another NvccPtError)
         raise PlanFormatError(f"plan directory {path} could not be loaded ({type(e).__name__}: {str(e)[:300]}); "
                               "it is malformed, save the plan again") from e
     return CompiledModel(plan, report, p.soft_prompt)
