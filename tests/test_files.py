@@ -69,10 +69,9 @@ def test_a_save_killed_at_random_points_leaves_the_old_or_the_new_plan(mlp, tmp_
     target = out / "plan"
     a.save(target)
     rng = random.Random(0)
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent)}
     for _ in range(4):
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "src" / "a"), str(tmp_path / "src" / "b"),
-                                  str(target)], stdout=subprocess.PIPE, env=env)
+                                  str(target)], stdout=subprocess.PIPE)
         assert child.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.0, 0.4))
         child.send_signal(signal.SIGKILL)
