@@ -13,6 +13,7 @@ from nvcc_pt.errors import (
     DeviceError,
     ExportError,
     FidelityError,
+    FileWriteError,
     InputError,
     NvccPtError,
     PassError,
@@ -38,7 +39,7 @@ def read_onnx_annotations(path):
 
 __all__ = [
     "FIDELITIES", "AllocationError", "CaptureError", "CompiledModel", "DeviceError", "DeviceModel", "ExportError",
-    "FidelityError", "InputError", "MappingPolicy", "MappingReport", "NvccPtError", "PassError", "PlanFormatError",
+    "FidelityError", "FileWriteError", "InputError", "MappingPolicy", "MappingReport", "NvccPtError", "PassError", "PlanFormatError",
     "TargetError", "TargetSpec", "UnsupportedOpError", "compile", "get_target", "list_targets", "load", "read_onnx_annotations",
     "register_target", "MonteCarloResult", "montecarlo",
 ]

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from nvcc_pt import meta
 from nvcc_pt import validate as check
 from nvcc_pt.calls import build_output, prepare_inputs
-from nvcc_pt.capture import CaptureInfo, capture, prompted_parts
+from nvcc_pt.capture import capture, prompted_parts
 from nvcc_pt.cuda_graphs import GraphCache
 from nvcc_pt.errors import DeviceError, FidelityError, InputError
 from nvcc_pt.ops import FIDELITIES
@@ -20,7 +20,7 @@ from nvcc_pt.passes.decompose_attention import decompose_attention
 from nvcc_pt.passes.lower import lower, write_states
 from nvcc_pt.passmanager import MappingPolicy, PassContext, run_passes
 from nvcc_pt.pipeline import run_pipeline
-from nvcc_pt.plan import ExecutablePlan, attach_records, collect_records, decode_records, read_plan_dir, save_plan
+from nvcc_pt.plan import ExecutablePlan, attach_records, collect_records, save_plan
 from nvcc_pt.report import MappingReport, build_report
 from nvcc_pt.targets import TargetSpec, get_target
 from nvcc_pt.targets.simulator import deferred_checks, program_state, recording, start_read_streams
@@ -241,7 +241,14 @@ class CompiledModel:
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the plan directory (plan.json, tensors.safetensors, program.pt2)."""
+        """Write the plan directory (plan.json, program.json, tensors.safetensors); see docs/plan-format.md.
+
+        The path keeps the previous plan until the new one is complete; a path that is a symbolic link is
+        refused (`FileWriteError`), and a missing parent folder is created.
+
+        Example:
+            >>> cm.save("plan"); nvcc_pt.load("plan")
+        """
         check.path("path", path, where="save")
         extra = {"__soft_prompt__": self.soft_prompt.detach().cpu().contiguous()} if self.soft_prompt is not None else {}
         path = save_plan(self.plan, path, report=self.report.to_dict(), extra_tensors=extra)
@@ -387,28 +394,32 @@ def drop_dead_code(gm: fx.GraphModule) -> list[dict[str, str]]:
 
 
 def load(path: str | Path) -> CompiledModel:
-    """A `CompiledModel` from a plan directory written by `cm.save(path)`."""
-    from nvcc_pt.targets.spec import TargetSpec as Spec
+    """A `CompiledModel` from a plan directory written by `cm.save(path)`.
 
-    doc, tensors, exported = read_plan_dir(path)
-    records = decode_records(doc)
+    The directory is untrusted input: nothing in it is executed, and anything malformed, corrupted or
+    inconsistent raises `PlanFormatError` (docs/plan-format.md).
+
+    Example:
+        >>> cm.save("plan"); cm2 = nvcc_pt.load("plan")
+    """
+    from nvcc_pt.errors import PlanFormatError
+    from nvcc_pt.plan import read_plan
+
     try:
-        spec = Spec.from_dict(doc["target"])
-        info = CaptureInfo.from_dict(doc["capture"])
-        fidelity, seed = _check_fidelity(doc["fidelity"]), int(doc["seed"])
-    except (KeyError, TypeError, ValueError) as e:
-        from nvcc_pt.errors import PlanFormatError
-
-        raise PlanFormatError(f"{Path(path) / 'plan.json'} is malformed ({type(e).__name__}: {e}); save the plan again") from e
-    plan = _relower(exported, records, spec, fidelity, seed, info, doc.get("results", {}))
-    _restore_states(plan, tensors, path)
-    start_read_streams(plan.states(), seed)
-    # The saved report, not a recount: a reloaded program no longer shares tied weights.
-    report = MappingReport(doc["report"]) if "report" in doc else build_report(
-        plan.graph_module, PassContext(target=spec, results=dict(doc.get("results", {}))),
-        model=info.model_class, fidelity=fidelity, seed=seed)
-    prompt = tensors.get("__soft_prompt__")
-    return CompiledModel(plan, report, prompt)
+        p = read_plan(path)
+        plan = _relower(p.program, p.records, p.target, p.fidelity, p.seed, p.capture, p.results)
+        _retarget_devices(plan.graph_module, torch.device("cpu"))  # a plan compiled on a GPU loads on the CPU
+        _restore_states(plan, p.states, path)
+        start_read_streams(plan.states(), p.seed)
+        # Recounted from the checked records rather than read back: the saved report is derived data.
+        report = build_report(plan.graph_module, PassContext(target=p.target, results=dict(p.results)),
+                              model=p.capture.model_class, fidelity=p.fidelity, seed=p.seed)
+    except PlanFormatError:
+        raise
+    except Exception as e:  # the last guard: a plan file never surfaces a raw exception (nor another NvccPtError)
+        raise PlanFormatError(f"plan directory {path} could not be loaded ({type(e).__name__}: {str(e)[:300]}); "
+                              "it is malformed, save the plan again") from e
+    return CompiledModel(plan, report, p.soft_prompt)
 
 
 def _restore_states(plan: ExecutablePlan, tensors: dict[str, torch.Tensor], path) -> None:

@@ -68,3 +68,10 @@ class CostModelError(NvccPtError, ValueError):
 
 class DuplicationError(AllocationError):
     """Weight duplication was asked for beyond the chips' capacity, or with an invalid count."""
+
+
+class FileWriteError(NvccPtError, OSError):
+    """A file or directory could not be written (full disk, no permission, a symbolic link in the way).
+
+    Nothing is half-written: the path keeps its previous contents.
+    """

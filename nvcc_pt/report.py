@@ -65,6 +65,7 @@ from typing import Any
 from torch import fx
 
 from nvcc_pt import meta
+from nvcc_pt.files import write_text
 from nvcc_pt.meta import MatmulKind
 
 REPORT_SCHEMA = 1
@@ -247,7 +248,7 @@ class MappingReport:
     def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
         text = json.dumps(self._data, indent=indent)
         if path is not None:
-            Path(path).write_text(text)
+            write_text(path, text, "report")  # the old file stays whole until the new one is
         return text
 
     @property
@@ -334,5 +335,5 @@ class MappingReport:
 
         page = render(self)
         if path is not None:
-            Path(path).write_text(page, encoding="utf-8")
+            write_text(path, page, "report")
         return page

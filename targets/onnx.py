@@ -16,7 +16,8 @@ Every call node carries the op's mapping in `metadata_props` (`ANNOTATION_KEYS`)
 carries the mapping report JSON and the plan schema version (`MODEL_KEYS`). Programmed
 weights are initializers; models over `EXTERNAL_DATA_THRESHOLD_BYTES` keep them in a
 `<name>.data` file beside the model. The file is written to a temporary directory beside
-the target and renamed into place, so a failure leaves nothing at the target path.
+the target and renamed into place (`nvcc_pt.files`), so the path holds the old file or the
+new one, and a failure (`FileWriteError` for a full disk) leaves the old file as it was.
 
     >>> cm.export_onnx("model.onnx")
     >>> nvcc_pt.read_onnx_annotations("model.onnx")["ops"]["linear"]["cim.tiles"]
@@ -27,8 +28,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from torch.export import Dim
 
 from nvcc_pt import meta
 from nvcc_pt.errors import ExportError, InputError
+from nvcc_pt.files import move_into_place, scratch_directory
 from nvcc_pt.ops import parse_config
 from nvcc_pt.plan import PLAN_SCHEMA
 
@@ -337,20 +337,13 @@ def _annotate(model: ir.Model, cm, calls: list[_Call]) -> None:
 def _write(model: ir.Model, path: Path) -> None:
     size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     data_name = f"{path.name}.data" if size > EXTERNAL_DATA_THRESHOLD_BYTES else None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with scratch_directory(path) as tmp:
         ir.save(model, tmp / path.name, external_data=data_name)
+        # Each file is replaced atomically; the pair is not (a crash between the two renames leaves the new
+        # weights beside the old model), so the data goes first and the model, which names it, last.
         if data_name is not None:
-            os.replace(tmp / data_name, path.parent / data_name)
-        os.replace(tmp / path.name, path)
-    except BaseException as e:
-        if data_name is not None and not path.exists():
-            (path.parent / data_name).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise ExportError(f"cannot write {path}: {e}") from e
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            move_into_place(tmp / data_name, path.parent / data_name, "ONNX external data file")
+        move_into_place(tmp / path.name, path, "ONNX file")
 
 
 def read_onnx_annotations(path: str | os.PathLike) -> dict[str, Any]:

@@ -325,7 +325,7 @@ def test_cli_export_and_inspect(llama_cm, tmp_path, capsys):
     for name, _ in llama_cm.plan.states():
         row = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert llama_cm.plan.records[name][meta.PLACEMENT].describe() in row
-    assert "plan schema 1" in out and "lm_head" in out
+    assert f"plan schema {PLAN_SCHEMA}" in out and "lm_head" in out
     compare(nvcc_pt.load(tmp_path / "plan"), tmp_path / "m.onnx", shapes=((1, 4),))
     assert main(["export", str(tmp_path / "plan"), str(tmp_path / "missing" / "m.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from conftest import logits
+from plan_forge import reseal
 
 import nvcc_pt
 from nvcc_pt import PlanFormatError
@@ -20,7 +21,7 @@ def saved(tmp_path_factory, tiny_models):
 
 def test_save_load_round_trips_to_identical_outputs(saved, ids):
     cm, path = saved
-    assert sorted(p.name for p in path.iterdir()) == ["plan.json", "program.pt2", "tensors.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["plan.json", "program.json", "tensors.safetensors"]
     loaded = nvcc_pt.load(path)
     prompt = torch.randn(3, 36) * 0.1
     with torch.no_grad():
@@ -85,8 +86,11 @@ def test_corrupted_or_incomplete_tensors(saved, tmp_path):
 
     partial = _copy(path, tmp_path / "partial")
     tensors = load_file(str(partial / "tensors.safetensors"))
-    tensors.pop(next(k for k in tensors if k.endswith(".weight")))
+    tensors.pop(next(k for k in tensors if k.endswith(".weight") and not k.startswith("program/")))
     save_file(tensors, str(partial / "tensors.safetensors"))
+    with pytest.raises(PlanFormatError, match="does not match the SHA-256 digest"):
+        nvcc_pt.load(partial)
+    reseal(partial)  # consistent digests do not make up for a missing tensor
     with pytest.raises(PlanFormatError, match="programmed weights are missing"):
         nvcc_pt.load(partial)
 
@@ -108,3 +112,25 @@ def test_exact_plan_round_trip_for_a_plain_lm(tiny_models, tmp_path, ids):
     with torch.no_grad():
         out = nvcc_pt.load(tmp_path / "p")(ids).logits
     assert ((out - logits(model, ids)).norm() / logits(model, ids).norm()) < 1e-5
+
+
+def _logits(out):
+    return getattr(out, "logits", out)
+
+
+def test_a_loaded_causal_lm_keeps_dynamic_batch_and_sequence(tiny_models, tmp_path):
+    cm = nvcc_pt.compile(tiny_models("tiny-llama"), "reram-128x128", fidelity="adc", seed=3)
+    cm.save(tmp_path / "p")
+    loaded = nvcc_pt.load(tmp_path / "p")
+    with torch.no_grad():
+        for batch, seq in ((1, 1), (5, 23), (3, 200)):
+            x = torch.randint(0, 101, (batch, seq), generator=torch.Generator().manual_seed(seq))
+            assert torch.equal(_logits(loaded(x)), _logits(cm(x)))
+    # a loaded plan re-lowers, re-saves and reloads like a compiled one
+    x = torch.randint(0, 101, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(_logits(loaded.with_fidelity("quantized")(x)), _logits(cm.with_fidelity("quantized")(x)))
+    loaded.save(tmp_path / "again")
+    assert (tmp_path / "again" / "program.json").read_bytes() == (tmp_path / "p" / "program.json").read_bytes()
+    with torch.no_grad():
+        assert torch.equal(_logits(nvcc_pt.load(tmp_path / "again")(x)), _logits(cm(x)))

@@ -30,9 +30,11 @@ from torch import nn
 
 from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError, PlanFormatError
+from nvcc_pt.files import directory_writer, recover_directory
 from nvcc_pt.prompt.ssa import SSA_SCALES, SSA_WEIGHTS, check_scales, key_dim, ssa_keys, ssa_query
 
 BANK_SCHEMA = 1
+BANK_FILES = ("bank.json", "ovts.safetensors")
 QUERY_BATCH = 16
 """Queries per call of the compiled search (the compiled graph has a fixed batch; the last call is padded)."""
 
@@ -99,20 +101,29 @@ class OVTBank:
                              "train the OVTs with this model")
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
+        """Write the bank directory (`bank.json`, `ovts.safetensors`); the path keeps the previous bank until the
+        new one is complete. A directory holding other files is not replaced (`FileWriteError`).
 
-        d = Path(check.path("path", path, where="OVTBank.save"))
-        d.mkdir(parents=True, exist_ok=True)
-        save_file({f"ovt.{i}": t.contiguous() for i, t in enumerate(self._ovts)}, str(d / "ovts.safetensors"))
+        Example:
+            >>> bank.save("bank"); OVTBank.load("bank")
+        """
+        from safetensors.torch import save as encode
+
+        check.path("path", path, where="OVTBank.save")
         doc = {"schema": BANK_SCHEMA, "keys": self._keys, "meta": self.meta}
-        (d / "bank.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        return d
+        ovts = encode({f"ovt.{i}": t.contiguous() for i, t in enumerate(self._ovts)})
+        only_bank = lambda d: all(p.name in BANK_FILES for p in d.iterdir())
+        with directory_writer(path, "OVT bank directory", replaceable=only_bank) as tmp:
+            (tmp / "ovts.safetensors").write_bytes(ovts)
+            (tmp / "bank.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> OVTBank:
         from safetensors.torch import load_file
 
         d = Path(check.path("path", path, where="OVTBank.load"))
+        recover_directory(d)
         try:
             doc = json.loads((d / "bank.json").read_text(encoding="utf-8"))
             tensors = load_file(str(d / "ovts.safetensors"))

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
+from nvcc_pt.files import write_text, write_with
 from nvcc_pt.prompt.bank import OVTBank, query_embeddings
 from nvcc_pt.prompt.lamp import Example, LampDataset
 from nvcc_pt.prompt.metrics import LOWER_IS_BETTER
@@ -170,7 +171,7 @@ class EvalResult:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps({"task": self.task, "metric": self.metric, "config": self.config, "rows": self.rows}, indent=1)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            write_text(path, text, "results")
         return text
 
     def plot(self, path: str | Path) -> Path:
@@ -194,7 +195,8 @@ class EvalResult:
         axes[0][0].set_ylabel(f"{self.metric} (solid: mean, dotted: KPP)")
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        fmt = Path(path).suffix.lstrip(".") or "png"  # the temporary name has no suffix to infer it from
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt), "plot")
         plt.close(fig)
         return Path(path)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nvcc_pt.errors import DataError, InputError
+from nvcc_pt.files import write_text
 
 LAMP2_TAGS = ("sci-fi", "based on a book", "comedy", "action", "twist ending", "dystopia", "dark comedy", "classic",
               "psychology", "fantasy", "romance", "thought-provoking", "social commentary", "violence", "true story")
@@ -216,5 +217,5 @@ def write_lamp(dataset: LampDataset, questions: str | Path, outputs: str | Path,
                         task.profile_output: e.output, **e.meta} for e in q.profile]
         qdoc.append({"id": q.id, "input": q.input, "profile": profile})
     odoc = {"task": f"LaMP_{task.task_id}", "golds": [{"id": q.id, "output": q.output} for q in dataset.queries]}
-    Path(questions).write_text(json.dumps(qdoc, indent=1), encoding="utf-8")
-    Path(outputs).write_text(json.dumps(odoc, indent=1), encoding="utf-8")
+    write_text(questions, json.dumps(qdoc, indent=1), "LaMP questions file")
+    write_text(outputs, json.dumps(odoc, indent=1), "LaMP outputs file")
