@@ -9,6 +9,7 @@ returns (a `ModelOutput` keeps its class and fields).
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
 import torch
@@ -32,9 +33,13 @@ def build_output(info: CaptureInfo, flat: tuple[torch.Tensor, ...] | list[torch.
     return cls(**values) if cls is not None else values
 
 
+_OUTPUT_MODULE = re.compile(r"transformers\.(modeling_outputs|models\.[a-z0-9_]+\.modeling_[a-z0-9_]+)")
+
+
 def _model_output_class(module: str, name: str):
-    """The transformers ModelOutput class by name; only transformers' own modules are imported."""
-    if not module.startswith("transformers.") or not name.isidentifier():
+    """The transformers ModelOutput class by name. A plan file names it, so only transformers' own output
+    modules are imported (`transformers.modeling_outputs`, `transformers.models.<m>.modeling_<m>`)."""
+    if not isinstance(module, str) or not _OUTPUT_MODULE.fullmatch(module) or not str(name).isidentifier():
         return None
     from transformers.utils import ModelOutput
 

@@ -78,6 +78,16 @@ class CaptureInfo:
     generation: dict[str, Any] = field(default_factory=dict)
     """A causal LM's generation settings at capture (`nvcc_pt.generation.generation_defaults`)."""
 
+    def __post_init__(self) -> None:
+        # A plan file carries this record: an output structure `build_output` could not follow is refused here.
+        out = self.output
+        kind = out.get("type") if isinstance(out, dict) else None
+        fields = out.get("fields") if kind in ("dict", "model_output") else []
+        if kind not in ("tensor", "tuple", "list", "dict", "model_output") or not isinstance(fields, list) \
+                or not all(isinstance(f, str) for f in fields) \
+                or (kind in ("tuple", "list") and not isinstance(out.get("count"), int)):
+            raise ValueError(f"output structure {str(out)[:120]} is not one nvcc_pt writes")
+
     @property
     def token_model(self) -> bool:
         return self.kind != "module"

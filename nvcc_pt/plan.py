@@ -26,7 +26,7 @@ from nvcc_pt.errors import PlanFormatError
 from nvcc_pt.files import directory_writer, recover_directory
 from nvcc_pt.jsonfile import dumps_canonical, loads_strict
 from nvcc_pt.ops import FIDELITIES, CimState
-from nvcc_pt.program import DTYPES, SavedProgram, build_module, encode_module
+from nvcc_pt.program import DTYPES, SavedProgram, build_module, encode_module, propagate_shapes
 
 PLAN_SCHEMA = 2
 PLAN, PROGRAM, TENSORS = "plan.json", "program.json", "tensors.safetensors"
@@ -243,19 +243,26 @@ def read_plan(path: str | Path) -> LoadedPlan:
     records = records_from_json(_field(doc, "records", where), where)
 
     graph = {k.removeprefix(GRAPH_PREFIX): t for k, t in tensors.items() if k.startswith(GRAPH_PREFIX)}
-    program = SavedProgram(program_doc, graph)
+    program = SavedProgram(program_doc, graph, capture.inputs)
     gm = build_module(program_doc, graph, str(path / PROGRAM))
-    program.fresh = gm
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(capture.inputs):
         raise PlanFormatError(f"{where}: the captured inputs {[i.name for i in capture.inputs]} do not match the "
                               f"program's inputs {placeholders}; the directory mixes files of different saves")
+    propagate_shapes(gm, capture.inputs)
+    program.fresh = gm
+    if results.get("map_dynamic"):  # the records of mapped attention name the nodes its decomposition makes
+        from nvcc_pt.passes.decompose_attention import decompose_attention
+        from nvcc_pt.passmanager import MappingPolicy, PassContext, run_passes
+
+        gm = run_passes(gm, PassContext(target=target, policy=MappingPolicy(map_dynamic=True)), [decompose_attention])
     check_records(records, gm, target, where)
     calibrated = {k.removesuffix(".adc_range") for k, t in tensors.items() if k.endswith(".adc_range") and t.numel()}
     expected = expected_tensors(records, gm, fidelity, calibrated)
     prompt_spec = next((i for i in capture.inputs if i.name == "soft_prompt"), None)
     if prompt_spec is not None:
-        expected[SOFT_PROMPT] = (DTYPES[prompt_spec.dtype], prompt_spec.shape)
+        # the plan's default prompt, `[n_virtual, hidden]`: the graph input also takes one per row
+        expected[SOFT_PROMPT] = (DTYPES[prompt_spec.dtype], prompt_spec.shape[-2:])
     used = {a["tensor"] for a in program_doc["attributes"]}
     extra = sorted(k for k in tensors if k not in expected and k.removeprefix(GRAPH_PREFIX) not in used)
     missing = sorted(k for k in expected if k not in tensors)

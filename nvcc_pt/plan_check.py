@@ -23,10 +23,14 @@ from torch import fx
 from nvcc_pt import meta
 from nvcc_pt.errors import NvccPtError, PlanFormatError
 
-LOWERABLE = ("aten.linear.default", "aten.addmm.default", "aten.mm.default", "aten.matmul.default")
-"""The products `passes/lower.py` rewrites, as `program.py` names them."""
+LOWERABLE = ("aten.linear.default", "aten.addmm.default", "aten.mm.default", "aten.matmul.default",
+             "aten.conv1d.default", "aten.conv1d.padding", "aten.conv2d.default", "aten.conv2d.padding",
+             "aten.convolution.default")
+"""The static products `passes/lower.py` rewrites, as `program.py` names them (convolutions unrolled)."""
+DYNAMIC_LOWERABLE = ("aten.matmul.default",)
+"""The dynamic products it rewrites (attention's QK^T and AV after `decompose_attention`)."""
 MAPPED_NEEDS = (meta.MATMUL, meta.SELECTION, meta.PRECISION, meta.TILES, meta.PLACEMENT, meta.NOISE)
-MAX_BITS, MAX_CELL_BITS = 32, 8
+MAX_BITS, MAX_CELL_BITS = 24, 16
 RESULT_TYPES: dict[str, type | tuple[type, ...]] = {
     "draw_on": str, "time_s": (int, float), "tokens": int, "arrays_allocated": int, "chips_needed": int,
     "pipeline_stages": int, "bottleneck": str, "fidelity": str,
@@ -71,6 +75,8 @@ def from_json(value: Any, hint: Any, where: str) -> Any:
             return tuple(from_json(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) == len(args):
             return tuple(from_json(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    elif origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: from_json(v, args[1], f"{where}.{k}") for k, v in value.items()}
     elif isinstance(hint, type) and issubclass(hint, enum.Enum):
         try:
             return hint(value)
@@ -138,8 +144,6 @@ def _static_source(node: fx.Node) -> bool:
 
 def check_records(records: dict[str, dict[str, Any]], gm: fx.GraphModule, target: Any, where: str) -> None:
     """Every record names a product of the graph; every mapped op is lowerable and its records agree."""
-    from nvcc_pt.passes.find_matmuls import static_value
-    from nvcc_pt.passes.lower import operands
     from nvcc_pt.passes.partition import tile_grid
     from nvcc_pt.program import _target_name
 
@@ -157,19 +161,15 @@ def check_records(records: dict[str, dict[str, Any]], gm: fx.GraphModule, target
         if missing:
             raise _fail(here, f"the op is mapped but lacks the records {missing}")
         info, prec, grid, noise = recs[meta.MATMUL], recs[meta.PRECISION], recs[meta.TILES], recs[meta.NOISE]
-        if _target_name(node.target) not in LOWERABLE or info.kind is not meta.MatmulKind.STATIC or not info.lowerable:
-            raise _fail(here, f"the op {_target_name(node.target)} is marked mapped but is not a static product "
-                              f"that lowers to a crossbar ({LOWERABLE})")
-        if not (0 < info.k and 0 < info.n):
-            raise _fail(here, f"k={info.k}, n={info.n} must be positive")
-        _, w, _ = operands(node)
-        if not isinstance(w, fx.Node) or not _static_source(w):
-            raise _fail(here, "the weight operand of a mapped op must come from the program's attributes")
-        weight = static_value(gm, w)
-        shape = tuple(weight.t().shape if info.weight_transposed else weight.shape) if weight.dim() == 2 else None
-        if shape != (info.n, info.k):
-            raise _fail(here, f"the weight operand has shape {tuple(weight.shape)}, but the records say N={info.n}, "
-                              f"K={info.k} (transposed: {info.weight_transposed})")
+        dynamic = info.kind is meta.MatmulKind.DYNAMIC
+        allowed = DYNAMIC_LOWERABLE if dynamic else LOWERABLE
+        if _target_name(node.target) not in allowed or not info.lowerable:
+            raise _fail(here, f"the op {_target_name(node.target)} is marked mapped but is not a product that lowers "
+                              f"to a crossbar ({allowed})")
+        if not (0 < info.k and 0 < info.n and info.instances >= 1):
+            raise _fail(here, f"k={info.k}, n={info.n}, instances={info.instances} must be positive")
+        if not dynamic:
+            _check_weight(gm, node, info, here)
         bits = dataclasses.asdict(prec)
         if max(bits.values()) > MAX_BITS or prec.cell_bits > MAX_CELL_BITS:
             raise _fail(here, f"bit widths {bits} exceed {MAX_BITS} (cells: {MAX_CELL_BITS})")
@@ -191,6 +191,24 @@ def check_records(records: dict[str, dict[str, Any]], gm: fx.GraphModule, target
             raise _fail(here, f"placement {place} is out of bounds")
 
 
+def _check_weight(gm: fx.GraphModule, node: fx.Node, info: meta.MatmulInfo, here: str) -> None:
+    """The stationary operand comes from the program's attributes and has the recorded `[N, K]`."""
+    from nvcc_pt.passes.find_matmuls import static_value
+    from nvcc_pt.passes.lower import operands
+
+    _, w, _ = operands(node)
+    if not isinstance(w, fx.Node) or not _static_source(w):
+        raise _fail(here, "the weight operand of a mapped op must come from the program's attributes")
+    weight = static_value(gm, w)
+    if weight.dim() == 2:
+        shape = tuple(weight.t().shape if info.weight_transposed else weight.shape)
+    else:  # a convolution's [C_out, C_in, *kernel], unrolled to [C_out, C_in * prod(kernel)]
+        shape = (weight.shape[0], weight[0].numel()) if weight.dim() > 2 else None
+    if shape != (info.n, info.k):
+        raise _fail(here, f"the weight operand has shape {tuple(weight.shape)}, but the records say N={info.n}, "
+                          f"K={info.k} (transposed: {info.weight_transposed})")
+
+
 def expected_tensors(records: dict[str, dict[str, Any]], gm: fx.GraphModule, fidelity: str, calibrated: set[str],
                      ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """{tensor name: (dtype, shape)} of every programmed state tensor the records imply.
@@ -208,6 +226,8 @@ def expected_tensors(records: dict[str, dict[str, Any]], gm: fx.GraphModule, fid
         if sel is None or not sel.mapped:
             continue
         info, grid = recs[meta.MATMUL], recs[meta.TILES]
+        if info.kind is meta.MatmulKind.DYNAMIC:
+            continue  # its operand is written per call: nothing programmed is stored
         dtype = static_value(gm, operands(nodes[name])[1]).dtype
         out[f"{name}.weight"] = (dtype, (info.n, info.k))
         out[f"{name}.scale"] = (torch.float32, (0,) if fidelity == "exact" else (info.n,))

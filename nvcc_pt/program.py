@@ -67,15 +67,38 @@ ATTRIBUTE_FIELDS = {"name", "kind", "tensor", "dtype", "shape", "requires_grad"}
 class SavedProgram:
     """A captured program read from a plan; `.module()` builds a fresh, un-lowered `GraphModule`."""
 
-    def __init__(self, doc: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    def __init__(self, doc: dict[str, Any], tensors: dict[str, torch.Tensor], inputs: tuple = ()):
         self.doc = doc
         self.tensors = tensors
+        self.inputs = inputs
+        """The captured inputs (`InputSpec`), to give the nodes their symbolic shapes."""
         self.fresh: fx.GraphModule | None = None
         """A module already built (by the loader's checks) and not yet handed out."""
 
     def module(self, check_guards: bool = False) -> fx.GraphModule:
         gm, self.fresh = self.fresh, None
-        return gm if gm is not None else build_module(self.doc, self.tensors)
+        if gm is None:
+            gm = build_module(self.doc, self.tensors)
+            propagate_shapes(gm, self.inputs)
+        return gm
+
+
+def propagate_shapes(gm: fx.GraphModule, inputs) -> None:
+    """Give every node the `meta["val"]` capture gave it: fake tensors with symbolic sizes where the captured
+    input was dynamic, so passes that read shapes (convolution geometry, attention decomposition) lower a
+    loaded program as they lowered the compiled one, without fixing any dynamic size."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    fakes = []
+    for spec in inputs:
+        # 4, not 0 or 1: sizes 0 and 1 would be specialized
+        example = torch.zeros([4 if s is None else s for s in spec.shape], dtype=getattr(torch, spec.dtype))
+        dims = [DimDynamic.DYNAMIC if s is None else DimDynamic.STATIC for s in spec.shape]
+        fakes.append(mode.from_tensor(example, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims)))
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
 
 
 # -- writing ----------------------------------------------------------------------------------
