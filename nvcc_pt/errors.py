@@ -68,3 +68,7 @@ class CostModelError(NvccPtError, ValueError):
 
 class DuplicationError(AllocationError):
     """Weight duplication was asked for beyond the chips' capacity, or with an invalid count."""
+
+
+class ModelLoadError(NvccPtError, ValueError):
+    """A model could not be loaded: a missing package, an incomplete checkpoint, an unknown architecture."""
