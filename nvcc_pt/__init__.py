@@ -15,6 +15,7 @@ from nvcc_pt.errors import (
     FidelityError,
     FileWriteError,
     InputError,
+    ModelLoadError,
     NvccPtError,
     PassError,
     PlanFormatError,
@@ -39,7 +40,7 @@ def read_onnx_annotations(path):
 
 __all__ = [
     "FIDELITIES", "AllocationError", "CaptureError", "CompiledModel", "DeviceError", "DeviceModel", "ExportError",
-    "FidelityError", "FileWriteError", "InputError", "MappingPolicy", "MappingReport", "NvccPtError", "PassError", "PlanFormatError",
+    "FidelityError", "FileWriteError", "InputError", "MappingPolicy", "ModelLoadError", "MappingReport", "NvccPtError", "PassError", "PlanFormatError",
     "TargetError", "TargetSpec", "UnsupportedOpError", "compile", "get_target", "list_targets", "load", "read_onnx_annotations",
     "register_target", "MonteCarloResult", "montecarlo",
 ]

@@ -48,7 +48,9 @@ def _compile(args) -> int:
         model = SoftPromptLM(model, num_virtual_tokens=args.prompt_tokens, seed=args.seed)
     policy = nvcc_pt.MappingPolicy(exclude=tuple(args.exclude or ()), map_lm_head=not args.lm_head_digital,
                                    map_dynamic=args.map_dynamic)
-    cm = nvcc_pt.compile(model, target=args.target, fidelity=args.fidelity, seed=args.seed, policy=policy)
+    example = None if args.prompt_tokens or _generates(model) else _encoder_inputs(args.model, model, args.seed)
+    cm = nvcc_pt.compile(model, target=args.target, fidelity=args.fidelity, seed=args.seed, policy=policy,
+                         example_inputs=example)
     print(cm.report)
     ids = torch.randint(0, cm.plan.capture.vocab_size or 2, (1, 8), generator=torch.Generator().manual_seed(args.seed))
     if cm.plan.capture.kind in ("causal-lm", "soft-prompt-lm"):
@@ -63,6 +65,28 @@ def _compile(args) -> int:
         cm.save(args.save)
         print(f"plan saved to {args.save}")
     return 0
+
+
+def _generates(model) -> bool:
+    can = getattr(model, "can_generate", None)
+    return bool(can and can())
+
+
+def _encoder_inputs(spec: str, model, seed: int) -> tuple:
+    """(input_ids, attention_mask) for a model that is not a causal LM: two tokenized sentences, else random ids."""
+    import torch
+
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+        enc = tok(["A crossbar stores the weights.", "Each column sums its currents."], padding=True,
+                  return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+    except (OSError, ValueError, TypeError):  # no tokenizer files in the directory
+        vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 2)
+        ids = torch.randint(0, vocab, (2, 8), generator=torch.Generator().manual_seed(seed))
+        return ids, torch.ones_like(ids)
 
 
 def _reference(model, ids):
@@ -93,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_targets)
 
     p = sub.add_parser("compile", help="compile a model and print its mapping report")
-    p.add_argument("--model", default="builtin:tiny-llama", help="builtin:NAME or a local Hugging Face directory")
+    p.add_argument("--model", default="builtin:tiny-llama", help="builtin:NAME (tiny-llama, ..., smollm2-135m) or a local Hugging Face directory")
     p.add_argument("--target", default="reram-128x128")
     p.add_argument("--fidelity", default="noisy")
     p.add_argument("--seed", type=check.arg_seed, default=0)

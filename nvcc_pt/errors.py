@@ -75,3 +75,7 @@ class FileWriteError(NvccPtError, OSError):
 
     Nothing is half-written: the path keeps its previous contents.
     """
+
+
+class ModelLoadError(NvccPtError, ValueError):
+    """A model could not be loaded: a missing package, an incomplete checkpoint, an unknown architecture."""
