@@ -143,6 +143,12 @@ def test_compiled_exact_logits_equal_the_model(smollm2):
     assert got.shape == (2, ids.shape[1], 49152)
     assert (got - want).abs().max().item() <= 1e-5
     assert any(r["module"] == "lm_head" and r["mapped"] for r in cm.report.to_dict()["ops"])
+    # generation on the plan gives transformers' tokens, a left-padded batch included
+    tok.padding_side = "left"
+    batch = tok(["The capital of France is", "Water boils at"], return_tensors="pt", padding=True)
+    ours = cm.generate(batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=8)
+    theirs = model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert torch.equal(ours, theirs)
 
 
 @needs_smollm2
@@ -278,6 +284,14 @@ def test_bad_checkpoint_directories(tmp_path, capsys):
     for bad, words in ((empty, "config.json"), (no_weights, "no weights"), (unknown, "FluxCapacitorModel")):
         assert main(["compile", "--model", str(bad)]) == 2
         assert words in capsys.readouterr().err
+
+
+def test_cli_compiles_a_real_encoder_end_to_end(tmp_path, capsys):
+    assert main(["compile", "--model", str(_minilm_dir()), "--fidelity", "exact", "--report",
+                 str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["model"] == "BertModel" and report["totals"]["mapped_ops"] == 37  # 6 per layer and the pooler
+    assert "mapping report: BertModel" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("with_tokenizer", [True, False])

@@ -212,15 +212,17 @@ def test_cuda_graph_replays_match_eager_calls(fidelity):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_graph_replays_check_inputs_and_draw_fresh_read_noise():
+def test_read_noise_on_cuda_is_drawn_per_call_from_the_seed_and_checks_inputs():
     model, x = _linear_model()
     cm = nvcc_pt.compile(model, target=nvcc_pt.get_target("pcm-128x128"), example_inputs=(x,), fidelity="adc")
     cm.to("cuda")
     x = x.cuda()
     with torch.no_grad():
         _, first, second = cm(x), cm(x), cm(x)
-        assert len(cm._graphs) == 1
-        assert not torch.equal(first, second)  # read noise is drawn on every replay
+        assert len(cm._graphs) == 0  # a replay would repeat one call's draw: such plans run eagerly
+        assert not torch.equal(first, second)  # read noise is drawn on every call...
+        cm.program(cm.seed)
+        assert torch.equal(cm(x), cm.program(cm.seed)(x))  # ...from (seed, op, call)
         bad = x.clone()
         bad[0, 0] = float("inf")
         with pytest.raises(nvcc_pt.InputError, match=r"op 'linear' received NaN or infinite"):
