@@ -350,9 +350,12 @@ def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, inv_step: float, lo:
     outside = []
     for r in range(tiles):
         codes = _tile_product(xt[:, r], levels[r])
-        if clips is not None:  # any cycle or slice read of (row, output) rounding past the end codes
-            bad = (codes < lo - 0.5) | (codes >= hi + 0.5)
-            outside.append(bad.view(cycles, b, -1).any(0))
+        if clips is not None:  # any cycle's read of (row, column) rounding past the end codes
+            low, high = torch.aminmax(codes)  # one contiguous pass: a full-scale ADC never clips
+            if low < lo - 0.5 or high >= hi + 0.5:
+                outside.append(((codes < lo - 0.5) | (codes >= hi + 0.5)).view(cycles, b, -1).any(0))
+            else:
+                outside.append(torch.zeros(b, codes.shape[-1], dtype=torch.bool, device=codes.device))
         if _calibration is not None:
             seen = _calibration.setdefault(op, [math.inf, -math.inf])
             seen[0] = min(seen[0], codes.min().item() / inv_step)
@@ -401,9 +404,11 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
                 acc = torch.mm(place_t[None], acc.view(cycles, -1))
         out.append(torch.matmul(place_s, acc.view(-1, slices, sn // slices)))  # and over slices
     y = (torch.cat(out) if len(out) > 1 else out[0]) * step
-    if clips is not None:  # a (tile, output) pair is clipped if any slice's read was
+    if clips is not None:  # a (tile, output) pair is clipped if any slice's read was; no mask if nothing clipped
         mask = torch.cat(clips, dim=1)
-        CLIPPED[cfg["op"]] = mask.view(*mask.shape[:2], slices, -1).any(2)
+        mask = mask.view(*mask.shape[:2], slices, -1).any(2)
+        if bool(mask.any()):
+            CLIPPED[cfg["op"]] = mask
     if cfg["sign"] == "offset":  # the reference column, in digital
         y = y - 2 ** (cfg["weight_bits"] - 1) * xi.sum(-1, keepdim=True)
     return y * sx * scale
@@ -436,8 +441,9 @@ def _instances(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             outs.append(cim_linear(xs[i], weight[i], bias, [scale, levels[i], adc_range], config))
             clips.append(CLIPPED.pop(cfg["op"], None))
         y = torch.stack(outs)
-        if all(c is not None for c in clips):  # instance-major rows, as the input's
-            CLIPPED[cfg["op"]] = torch.cat(clips, dim=1)
+        some = next((c for c in clips if c is not None), None)
+        if some is not None:  # instance-major rows, as the input's; an instance without a mask clipped nothing
+            CLIPPED[cfg["op"]] = torch.cat([torch.zeros_like(some) if c is None else c for c in clips], dim=1)
     else:
         if cfg["fidelity"] != "exact":
             xi, sx = quantize_input_int(xs, cfg["input_bits"])
