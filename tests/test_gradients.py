@@ -172,3 +172,17 @@ def test_a_loaded_plan_refuses_weight_gradients(tmp_path):
     xg = x.clone().requires_grad_()
     loaded(xg).sum().backward()  # inputs still get gradients
     assert xg.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fidelity", ["exact", "noisy", "bit-serial"])
+def test_cuda_gradients_equal_the_cpus(fidelity):
+    m = _mlp()
+    x = torch.randn(6, 12)
+    cm = nvcc_pt.compile(m, "reram-128x128", example_inputs=(x,), fidelity=fidelity).train_weights()
+    params = list(m.parameters())
+    on_cpu = _grads(cm, x, params)
+    cm.to("cuda")
+    on_gpu = [g.cpu() for g in _grads(cm, x.cuda(), params)]
+    for a, b in zip(on_gpu, on_cpu):
+        assert (a - b).abs().max() < 1e-3 * max(1.0, b.abs().max().item())
