@@ -91,8 +91,9 @@ def test_resume_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
 
 
 def test_censored_variation_caps_each_cells_deviation():
-    from nvcc_pt.prompt.noise import noise_info
     from nvcc_pt.targets.devices import program_levels
+
+    from nvcc_pt.prompt.noise import noise_info
 
     spec, info = noise_info("rram4-128x128")
     levels = torch.randint(0, 2**spec.cell_bits, (2, 4, 16, 16))
