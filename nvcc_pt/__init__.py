@@ -27,6 +27,7 @@ from nvcc_pt.ops import FIDELITIES
 from nvcc_pt.passmanager import MappingPolicy
 from nvcc_pt.report import MappingReport
 from nvcc_pt.targets import DeviceModel, TargetSpec, get_target, list_targets, register_target
+from nvcc_pt.training import TrainResult, train
 
 __version__ = "0.1.0"
 
@@ -42,5 +43,5 @@ __all__ = [
     "FIDELITIES", "AllocationError", "CaptureError", "CompiledModel", "DeviceError", "DeviceModel", "ExportError",
     "FidelityError", "FileWriteError", "InputError", "MappingPolicy", "ModelLoadError", "MappingReport", "NvccPtError", "PassError", "PlanFormatError",
     "TargetError", "TargetSpec", "UnsupportedOpError", "compile", "get_target", "list_targets", "load", "read_onnx_annotations",
-    "register_target", "MonteCarloResult", "montecarlo",
+    "register_target", "MonteCarloResult", "montecarlo", "TrainResult", "train",
 ]

@@ -57,6 +57,9 @@ class CompiledModel:
         self._graphs = GraphCache()
         self._checked = None
         self._addresses: tuple | None = None
+        self.loaded_from: str | None = None
+        """The plan directory this model was loaded from (None when compiled here)."""
+        self._weight_leaves: list | None = None
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -107,6 +110,11 @@ class CompiledModel:
 
     def run_graph(self, flat: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """The lowered graph on prepared inputs: its flat outputs."""
+        if self._weight_leaves is not None and torch.is_grad_enabled():
+            from nvcc_pt.training import bound_weights
+
+            with bound_weights(self._weight_leaves), deferred_checks():
+                return self.graph_module(*flat)
         if self.cuda_graphs and flat[0].is_cuda and not torch.is_grad_enabled() and not recording():
             if self._addresses is None:  # a replay reads the buffers at these addresses; the ADC grid is baked in
                 self._addresses = tuple((s.weight.data_ptr(), s.scale.data_ptr(), s.levels.data_ptr(),
@@ -126,6 +134,21 @@ class CompiledModel:
         from nvcc_pt.generation import generate
 
         return generate(self, input_ids, attention_mask, **kwargs)
+
+    def train_weights(self, enabled: bool = True) -> CompiledModel:
+        """Let gradients reach the mapped weights (opt-in); returns self.
+
+        Each mapped op's source weight, the model's own parameter, then gets `W_eff`'s straight-through gradient
+        on every call with autograd on (`nvcc_pt.training.weight_leaves`). A plan loaded from files has no model
+        behind it: `InputError`. See docs/training.md.
+
+        Example:
+            >>> cm.train_weights(); loss_fn(cm(x), y).backward(); model[0].weight.grad
+        """
+        from nvcc_pt.training import weight_leaves
+
+        self._weight_leaves = weight_leaves(self) if enabled else None
+        return self
 
     def _state_replaced(self) -> None:
         """Call after any change to the state buffers: CUDA graphs are keyed by where the state lives."""
@@ -419,7 +442,9 @@ def load(path: str | Path) -> CompiledModel:
     except Exception as e:  # the last guard: a plan file never surfaces a raw exception (nor another NvccPtError)
         raise PlanFormatError(f"plan directory {path} could not be loaded ({type(e).__name__}: {str(e)[:300]}); "
                               "it is malformed, save the plan again") from e
-    return CompiledModel(plan, report, p.soft_prompt)
+    cm = CompiledModel(plan, report, p.soft_prompt)
+    cm.loaded_from = str(path)
+    return cm
 
 
 def _restore_states(plan: ExecutablePlan, tensors: dict[str, torch.Tensor], path) -> None:

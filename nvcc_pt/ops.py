@@ -4,8 +4,20 @@
 the crossbars would at the fidelity named in `config` (a JSON string). `weight` is the
 effective dense weight `[N, K]` the fast paths use; `state` holds what the slower paths
 need (`CimState.STATE`). The simulator target registers the implementation; this module
-only declares the schema, a shape function, and a straight-through gradient so a compiled
-model can be trained through (noise-aware prompt training does that).
+only declares the schema, a shape function, and the gradient a compiled model is trained through.
+
+Gradient rule (every fidelity; docs/training.md): straight-through within range, zero outside a
+clipping ADC's range. The backward is that of `y = x @ W_eff^T + b` with `W_eff` the programmed
+effective weight (`CimState.weight`): the input quantizer, the DAC, the weight quantizer, device
+variation, read noise and the ADC's rounding pass the gradient as the identity. At `adc` and
+`bit-serial` the forward records, per row tile r, input row m and output n, whether any ADC read
+that makes up tile r's partial sum for output n (any input cycle, slice, or sign phase) fell
+outside the ADC's codes (`round(v/step)` below its lowest or above its highest code); such a
+(tile, output) pair passes no gradient to the tile's inputs or weights, as a clipped quantizer
+does. The bias is added digitally after the ADC and always gets the plain gradient. The mask costs
+a compare per partial sum and is only recorded when an input of the op requires a gradient.
+
+    >>> y = cm(x); y.sum().backward(); x.grad      # a compiled model trains like the model
 """
 
 from __future__ import annotations
@@ -32,22 +44,53 @@ def _cim_linear_shape(x, weight, bias, state, config):
     return x.new_empty((*x.shape[:-1], weight.shape[-2]))
 
 
+CLIPPED: dict[str, torch.Tensor] = {}
+"""Per op name, the clip mask of its latest forward at `adc`/`bit-serial` with gradients wanted: `[R, M, N]` bool,
+True where row tile r's partial sum for output n of input row m was clipped by an ADC in any of its reads (any
+input cycle, slice or sign phase). The simulator writes it during the forward; the op's autograd takes it."""
+
+
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, _state, _config = inputs
-    ctx.save_for_backward(weight)
+    x, weight, bias, state, config = inputs
+    ctx.save_for_backward(x, weight)
     ctx.has_bias = bias is not None
-    ctx.x_shape = x.shape
+    ctx.n_state = len(state)
+    ctx.clipped = CLIPPED.pop(parse_config(config)["op"], None)
+    ctx.rows = parse_config(config).get("rows", 0)
 
 
 def _backward(ctx, grad):
-    (weight,) = ctx.saved_tensors
-    # Straight-through: quantizers and ADCs pass the gradient as if they were the identity.
-    if weight.dim() == 3:  # stacked instances, folded into the leading dimension (see `CimState`)
-        grad_x = (grad.reshape(weight.shape[0], -1, grad.shape[-1]) @ weight.to(grad.dtype)).reshape(ctx.x_shape)
+    """Straight-through: the backward of `F.linear(x, W_eff, b)`, with every (row tile, output) partial sum that an
+    ADC clipped passing no gradient (a clipped quantizer's rule). `W_eff` is the programmed effective weight, so
+    the input gradient sees the chip's weights; the weight gradient is that of `W_eff` (quantizers and device
+    variation are the identity to it) and is returned only when the weight input requires it."""
+    x, weight = ctx.saved_tensors
+    w = (weight if weight.dim() == 3 else weight[None]).to(grad.dtype)  # [I, N, K]: stacked instances or one
+    inst, n, k = w.shape
+    g = grad.reshape(inst, -1, n)
+    xs = x.reshape(inst, -1, k).to(grad.dtype)
+    want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_x = grad_w = None
+    if ctx.clipped is None:
+        grad_x = torch.bmm(g, w) if want_x else None
+        grad_w = torch.bmm(g.transpose(1, 2), xs) if want_w else None
     else:
-        grad_x = grad @ weight.to(grad.dtype)
-    grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
-    return grad_x, None, grad_b, None, None
+        keep = ~ctx.clipped.reshape(ctx.clipped.shape[0], inst, -1, n)
+        grad_x = g.new_zeros(inst, g.shape[1], k) if want_x else None
+        grad_w = g.new_zeros(inst, n, k) if want_w else None
+        for r in range(keep.shape[0]):
+            cols = slice(r * ctx.rows, min((r + 1) * ctx.rows, k))
+            gr = g * keep[r]
+            if want_x:
+                grad_x[..., cols] = torch.bmm(gr, w[..., cols])
+            if want_w:
+                grad_w[..., cols] = torch.bmm(gr.transpose(1, 2), xs[..., cols])
+    if grad_x is not None:
+        grad_x = grad_x.reshape(x.shape).to(x.dtype)
+    if grad_w is not None:
+        grad_w = (grad_w if weight.dim() == 3 else grad_w[0]).to(weight.dtype)
+    grad_b = grad.reshape(-1, n).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_x, grad_w, grad_b, [None] * ctx.n_state, None
 
 
 torch.library.register_autograd("nvcc_pt::cim_linear", _backward, setup_context=_setup_context)

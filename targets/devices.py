@@ -86,13 +86,15 @@ def levels_of(codes: torch.Tensor, cfg: dict) -> torch.Tensor:
 
 
 def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, generator: torch.Generator,
-                   time_s: float | None = None, g_min_levels: float = 0.0, drift_t0_s: float = 20.0) -> torch.Tensor:
+                   time_s: float | None = None, g_min_levels: float = 0.0, drift_t0_s: float = 20.0,
+                   censor: float | None = None) -> torch.Tensor:
     """Levels as the cells hold them `time_s` seconds after programming.
 
     Programming variation is Gaussian with a state-dependent sigma (`noise.level_sigmas`, a fraction of the
     conductance range). Drift (PCM) scales each cell's conductance by `(t/t0)^-nu` with a per-cell `nu`
     (`g_min_levels` is `G_min` in level steps, since drift acts on the whole conductance). Stuck-at faults
-    are applied last: a stuck cell neither varies nor drifts. Draws are made on the CPU in a fixed order
+    are applied last: a stuck cell neither varies nor drifts. `censor` right-censors each cell's Gaussian
+    deviation at `censor` standard deviations (Yan et al., ICCAD 2023), the draws otherwise the same. Draws are made on the CPU in a fixed order
     (variation, drift, faults) on the generator's device: a CPU generator (the default) gives the same
     cells whatever device the model runs on; a CUDA one draws much faster, a chip of its own.
     """
@@ -101,6 +103,8 @@ def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, gener
     cells = levels.detach().to(on)
     sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32, device=on) * top
     z = torch.randn(cells.shape, generator=generator, dtype=torch.float32, device=on)
+    if censor is not None:
+        z.clamp_(max=censor)
     programmed = torch.take(sigmas, cells.long()).mul_(z).add_(cells)
     if noise.drift_nu > 0 and time_s is not None and time_s > drift_t0_s:
         nu = torch.randn(cells.shape, generator=generator, device=on)

@@ -69,7 +69,7 @@ from nvcc_pt.targets.devices import (
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
-from nvcc_pt.ops import FIDELITIES, READ_STREAM_ATTR, CimState, ReadStream, parse_config
+from nvcc_pt.ops import CLIPPED, FIDELITIES, READ_STREAM_ATTR, CimState, ReadStream, parse_config
 
 IMPLEMENTED = FIDELITIES
 CROSSBAR = ("adc", "bit-serial")
@@ -130,12 +130,13 @@ def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tenso
 
 
 def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, op_index: int,
-                  time_s: float | None = None, device_model=None, draw_device: str | torch.device = "cpu") -> None:
+                  time_s: float | None = None, device_model=None, draw_device: str | torch.device = "cpu",
+                  censor: float | None = None) -> None:
     """Fill `state`'s buffers for `fidelity`, drawing device variation from `seed`.
 
     `time_s` is the time since programming (drift, for devices that drift); `device_model` the target's
     `DeviceModel`, for `G_min` and the drift reference time; `draw_device` where the random draws are made
-    (`program_levels`).
+    (`program_levels`); `censor` right-censors the variation (`program_levels`, for training).
     """
     if fidelity not in IMPLEMENTED:
         raise FidelityError(f"fidelity {fidelity!r} is not implemented by the simulator; choose one of {IMPLEMENTED}")
@@ -158,7 +159,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         span = device_model.g_max_us - device_model.g_min_us
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
     programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index, draw_device), time_s,
-                                g_min, t0)
+                                g_min, t0, censor)
     _store(state, "weight", (read_back(programmed, cfg) * scale[:, None]).to(source.dtype))
     if fidelity in CROSSBAR:
         _store(state, "levels", crossbar_levels(programmed, cfg))
@@ -359,30 +360,43 @@ def _tile_product(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
 
 
 def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, inv_step: float, lo: int, hi: int,
-                op: str) -> torch.Tensor:
+                op: str, clips: list[torch.Tensor] | None = None) -> torch.Tensor:
     """ADC codes of every row tile summed over tiles: `[T*b, S*N]` for DAC planes `[T, b, K]`.
 
     One GEMM per row tile; its block of partial sums (sized by `CHUNK_BYTES`) is rounded, clipped and
-    accumulated in place while it is still in cache.
+    accumulated in place while it is still in cache. With `clips`, appends `[R, b, N]`: whether any of
+    row tile r's reads for (row, output) fell outside the ADC's codes (for the gradient, `ops.CLIPPED`).
     """
     tiles, rows, _ = levels.shape
     cycles, b, k = planes.shape
     xt = F.pad(planes * inv_step, (0, tiles * rows - k)).view(cycles * b, tiles, rows)
     acc = None
+    outside = []
     for r in range(tiles):
         codes = _tile_product(xt[:, r], levels[r])
+        if clips is not None:  # any cycle's read of (row, column) rounding past the end codes
+            low, high = torch.aminmax(codes)  # one contiguous pass: a full-scale ADC never clips
+            if low < lo - 0.5 or high >= hi + 0.5:
+                outside.append(((codes < lo - 0.5) | (codes >= hi + 0.5)).view(cycles, b, -1).any(0))
+            else:
+                outside.append(torch.zeros(b, codes.shape[-1], dtype=torch.bool, device=codes.device))
         if _calibration is not None:
             seen = _calibration.setdefault(op, [math.inf, -math.inf])
             seen[0] = min(seen[0], codes.min().item() / inv_step)
             seen[1] = max(seen[1], codes.max().item() / inv_step)
         codes = codes.round_().clamp_(lo, hi)
         acc = codes if acc is None else acc.add_(codes)
+    if clips is not None:
+        clips.append(torch.stack(outside))  # [R, b, S*N]
     return acc
 
 
 def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_range: torch.Tensor,
-              cfg: dict, bit_serial: bool) -> torch.Tensor:
-    """Integer-domain crossbar product of `x` [B, K] -> [B, N] through DAC, arrays, ADCs and shift-and-add."""
+              cfg: dict, bit_serial: bool, record_clips: bool = False) -> torch.Tensor:
+    """Integer-domain crossbar product of `x` [B, K] -> [B, N] through DAC, arrays, ADCs and shift-and-add.
+
+    `record_clips` stores the op's clip mask `[R, B, N]` in `ops.CLIPPED` (the gradient's; see `nvcc_pt.ops`).
+    """
     sn = levels.shape[-1]
     slices = cfg["slices"]
     xi, sx = _quantize(x, cfg["input_bits"], dequantize=False)
@@ -398,7 +412,8 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     place_s = slice_places(cfg["cell_bits"], slices, x.device)
     cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
-    fused = _fused_kernels() if x.device.type == "cuda" and _calibration is None else None
+    fused = _fused_kernels() if x.device.type == "cuda" and _calibration is None and not record_clips else None
+    clips: list[torch.Tensor] | None = [] if record_clips else None
     if fused is not None:  # the fused kernel keeps only each chunk's planes (float16) and per-slice sums
         hi_lo = fused.split_levels(levels)
         chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1]))
@@ -410,11 +425,16 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         if fused is not None:
             acc = fused.crossbar_codes(planes, *hi_lo, place_t, 1.0 / step, lo, hi)
         else:
-            acc = _tile_codes(planes, levels, 1.0 / step, lo, hi, cfg["op"])
+            acc = _tile_codes(planes, levels, 1.0 / step, lo, hi, cfg["op"], clips)
             if cycles > 1:  # shift-and-add over input cycles
                 acc = torch.mm(place_t[None], acc.view(cycles, -1))
         out.append(torch.matmul(place_s, acc.view(-1, slices, sn // slices)))  # and over slices
     y = (torch.cat(out) if len(out) > 1 else out[0]) * step
+    if clips is not None:  # a (tile, output) pair is clipped if any slice's read was; no mask if nothing clipped
+        mask = torch.cat(clips, dim=1)
+        mask = mask.view(*mask.shape[:2], slices, -1).any(2)
+        if bool(mask.any()):
+            CLIPPED[cfg["op"]] = mask
     if cfg["sign"] == "offset":  # the reference column, in digital
         y = y - 2 ** (cfg["weight_bits"] - 1) * xi.sum(-1, keepdim=True)
     return y * sx * scale
@@ -443,8 +463,14 @@ def _instances(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     xs = x.reshape(inst, -1, x.shape[-1])
     scale, levels, adc_range = state
     if cfg["fidelity"] in CROSSBAR:
-        y = torch.stack([cim_linear(xs[i], weight[i], bias, [scale, levels[i], adc_range], config)
-                         for i in range(inst)])
+        outs, clips = [], []
+        for i in range(inst):
+            outs.append(cim_linear(xs[i], weight[i], bias, [scale, levels[i], adc_range], config))
+            clips.append(CLIPPED.pop(cfg["op"], None))
+        y = torch.stack(outs)
+        some = next((c for c in clips if c is not None), None)
+        if some is not None:  # instance-major rows, as the input's; an instance without a mask clipped nothing
+            CLIPPED[cfg["op"]] = torch.cat([torch.zeros_like(some) if c is None else c for c in clips], dim=1)
     else:
         if cfg["fidelity"] != "exact":
             xi, sx = quantize_input_int(xs, cfg["input_bits"])
@@ -483,7 +509,8 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
             raise FidelityError(f"op {cfg['op']!r} runs at fidelity {fidelity!r} but holds no programmed levels; "
                                 "call cm.program() or cm.with_fidelity(...) to program it")
         flat = x.reshape(-1, x.shape[-1]).float()
-        y = _crossbar(flat, levels, scale, adc_range, cfg, fidelity == "bit-serial")
+        grads = x.requires_grad or weight.requires_grad  # (autograd is off inside the op; the flags are kept)
+        y = _crossbar(flat, levels, scale, adc_range, cfg, fidelity == "bit-serial", grads)
         y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
         return y + bias if bias is not None else y
     raise FidelityError(f"op {cfg['op']!r}: fidelity {fidelity!r} is not implemented; choose one of {IMPLEMENTED}")

@@ -253,3 +253,18 @@ def test_harness_runs_and_writes_table_json_plot(tmp_path):
     with pytest.raises(InputError, match="hidden size"):
         evaluate(model, tok, ds, EvalConfig(devices=("rram1",), sigmas=(0.1,), instances=1,
                                             methods=("pt-mips",)), banks={"pt": wide}, progress=False)
+
+
+def test_noise_aware_training_sees_what_the_compiled_bank_reads_back():
+    from nvcc_pt.prompt.bank import OVTBank
+    from nvcc_pt.prompt.training import _OvtStore
+
+    ovt = torch.randn(4, 16) * 0.05
+    store = _OvtStore(ovt, "rram4-128x128", 0.1, None, seed=0)
+    seen = store.read_back(0)  # step 0 of seed 0 programs with seed 0
+    bank = OVTBank()
+    bank.add("a", ovt)
+    assert torch.equal(seen.detach(), bank.compile("rram4-128x128", sigma=0.1, seed=0).read_back()[0])
+    assert not torch.equal(seen.detach(), ovt)
+    seen.sum().backward()  # straight through to the clean OVT
+    assert torch.equal(store.param.grad, torch.ones_like(ovt))

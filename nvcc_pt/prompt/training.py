@@ -1,9 +1,11 @@
 """Prompt tuning with the LLM frozen, optionally noise-aware, and prediction with per-input soft prompts.
 
 Noise-aware training (NVCiM-PT, Qin et al., DATE 2025, Sec. III-C): at every step the OVT the LM
-sees is the OVT as a crossbar of the target reads it back, a fresh device instance per step drawn
-by `nvcc_pt.prompt.noise.noisy_ovt` (the simulator's programming path, straight-through
-gradients). Without a target the step uses the clean OVT (plain prompt tuning).
+sees is the OVT as the bank's crossbars read it back: the OVT is stored in a compiled one-OVT
+`OVTBank` (the same plan, op and device model the search and retrieval use), programmed with a
+fresh device instance per step, and the LM is given the store's programmed weight with a
+straight-through gradient to the clean OVT (`nvcc_pt.training.bound_weights`, docs/training.md).
+Without a target the step uses the clean OVT (plain prompt tuning).
 
 Text format: the LM is given `lm_prompt(input)` (`"<input> Answer:"`) and learns the output's
 tokens after it. Classification and rating tasks predict the candidate label with the highest
@@ -26,7 +28,6 @@ from tqdm.auto import tqdm
 from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 from nvcc_pt.prompt.lamp import Example, LampTask
-from nvcc_pt.prompt.noise import noisy_ovt
 from nvcc_pt.prompt.soft_prompt import SoftPromptLM
 from nvcc_pt.prompt.ssa import pool_tokens
 from nvcc_pt.prompt.synthetic import lm_prompt
@@ -100,6 +101,36 @@ def sample_init(model: nn.Module, tokenizer, examples: Sequence[Example], n_virt
     return torch.stack(pooled).mean(0)
 
 
+class _OvtStore:
+    """One OVT in a compiled `OVTBank`: each step programs it with fresh variation and reads it back."""
+
+    def __init__(self, ovt: torch.Tensor, target, sigma: float | None, censor: float | None, seed: int):
+        from nvcc_pt.prompt.bank import OVTBank
+        from nvcc_pt.training import weight_leaves
+
+        bank = OVTBank()
+        bank.add("training", ovt)
+        self.bank = bank.compile(target, sigma=sigma, seed=seed)
+        store = self.bank._store_state
+        self.leaf = next(leaf for leaf in weight_leaves(self.bank.cm) if leaf.state is store)
+        self.censor, self.seed = censor, seed
+        for p in self.bank.cm.graph_module.parameters():
+            p.requires_grad_(p is self.leaf.param)
+
+    @property
+    def param(self) -> torch.Tensor:
+        """The clean OVT `[n_virtual, hidden]` being trained (the store layer's weight)."""
+        return self.leaf.param
+
+    def read_back(self, step: int) -> torch.Tensor:
+        """The OVT as step `step`'s chip holds it, with a straight-through gradient to `param`."""
+        from nvcc_pt.training import bound_weights, reprogram
+
+        reprogram(self.bank.cm, self.seed * 1_000_003 + step, self.censor)  # the OVT changed: write it again
+        with bound_weights([self.leaf]):
+            return self.leaf.state.weight
+
+
 def train_ovt(model: nn.Module, tokenizer, examples: Sequence[Example], *, n_virtual: int = 8,
               init: torch.Tensor | str = "samples", steps: int = 200, lr: float = 0.05, batch_size: int = 8,
               target: str | TargetSpec | None = None, sigma: float | None = None, censor: float | None = None,
@@ -109,7 +140,8 @@ def train_ovt(model: nn.Module, tokenizer, examples: Sequence[Example], *, n_vir
     Args:
         init: a tensor, "samples" (`sample_init`) or "vocab" (random vocabulary rows, `SoftPromptLM`'s default).
         lr: Adam step size relative to the RMS of the model's embedding table.
-        target, sigma, censor: device noise injected into the OVT at every step (see `noise.noisy_ovt`).
+        target, sigma, censor: the OVT is trained as the compiled bank on `target` (device sigma `sigma`) reads it
+            back, a fresh chip per step (right-censored variation at `censor` standard deviations when given).
     """
     where = "train_ovt"
     if isinstance(examples, (str, bytes)) or not isinstance(examples, Sequence):
@@ -138,20 +170,21 @@ def train_ovt(model: nn.Module, tokenizer, examples: Sequence[Example], *, n_vir
     was_training = model.training
     model.eval()
     lm = SoftPromptLM(model, n_virtual, init=init, seed=seed)
+    store = None if target is None else _OvtStore(lm.prompt.detach(), target, sigma, censor, seed)
+    trained = lm.prompt if store is None else store.param
     rms = model.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt().item()
-    opt = torch.optim.Adam([lm.prompt], lr=lr * rms)
+    opt = torch.optim.Adam([trained], lr=lr * rms)
     pairs, pad = _pairs(tokenizer, examples), _pad_id(tokenizer)
     gen = torch.Generator().manual_seed(seed)
-    noise_gen = torch.Generator().manual_seed(seed + 1)
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         idx = torch.randint(0, len(pairs), (min(batch_size, len(pairs)),), generator=gen).tolist()
-        prompt = lm.prompt if target is None else noisy_ovt(lm.prompt, target, noise_gen, sigma=sigma, censor=censor)
+        prompt = trained if store is None else store.read_back(step)
         loss = -sequence_logprob(model, [pairs[i] for i in idx], prompt, pad).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.train(was_training)
-    return lm.prompt.detach().clone()
+    return trained.detach().clone()
 
 
 @torch.no_grad()
