@@ -27,7 +27,8 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/nvcc-pt report out/plan --html out/map.html
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	# two workers: much of the suite is single-threaded Python (capture, export), so both cores stay busy
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/compile_scale.py
