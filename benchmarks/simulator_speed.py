@@ -35,8 +35,9 @@ CASES = {
 }
 
 
-def timed(fn, plain, device: torch.device, repeat: int) -> tuple[float, float]:
-    """Best seconds per call of `fn` and of `plain`, timed alternately so both see the same machine load."""
+def paired(fn, ref, device: torch.device, repeat: int) -> tuple[float, float]:
+    """Best seconds per call of `fn` and of `ref`, timed alternately (after one warm-up each) so both see the
+    same machine load."""
     def once(f) -> float:
         start = time.perf_counter()
         f()
@@ -44,10 +45,15 @@ def timed(fn, plain, device: torch.device, repeat: int) -> tuple[float, float]:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    with torch.no_grad():
-        once(fn), once(plain)
-        pairs = [(once(fn), once(plain)) for _ in range(repeat)]
+    once(fn), once(ref)
+    pairs = [(once(fn), once(ref)) for _ in range(repeat)]
     return min(p[0] for p in pairs), min(p[1] for p in pairs)
+
+
+def timed(fn, plain, device: torch.device, repeat: int) -> tuple[float, float]:
+    """`paired` for inference: no autograd."""
+    with torch.no_grad():
+        return paired(fn, plain, device, repeat)
 
 
 def spec(**changes):

@@ -16,26 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
+from simulator_speed import paired  # the same alternating timer as the inference benchmark
 
 import nvcc_pt
-
-
-def paired(fn, ref, device: torch.device, repeat: int) -> tuple[float, float]:
-    """Best seconds per call of `fn` and of `ref`, timed alternately (after one warm-up each) so both see the
-    same machine load."""
-    def once(f) -> float:
-        start = time.perf_counter()
-        f()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    once(fn), once(ref)
-    pairs = [(once(fn), once(ref)) for _ in range(repeat)]
-    return min(p[0] for p in pairs), min(p[1] for p in pairs)
 
 
 def step_of(model):
