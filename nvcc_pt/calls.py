@@ -92,7 +92,7 @@ def _fill_token_inputs(info: CaptureInfo, named: dict[str, Any], default_prompt:
         raise InputError(f"input_ids has shape {tuple(ids.shape)}: an empty batch or sequence; pass at least one token")
     ids = named["input_ids"] = ids.long()
     if info.vocab_size:
-        low, high = ids.min().item(), ids.max().item()
+        low, high = torch.stack([ids.min(), ids.max()]).tolist()  # one read-back, not two, on a GPU
         if low < 0 or high >= info.vocab_size:
             raise InputError(f"input_ids holds token id {low if low < 0 else high}, outside the vocabulary "
                              f"[0, {info.vocab_size}) of {info.model_class}; check the tokenizer matches the model")
