@@ -412,18 +412,22 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     place_s = slice_places(cfg["cell_bits"], slices, x.device)
     cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
-    fused = _fused_kernels() if x.device.type == "cuda" and _calibration is None and not record_clips else None
+    fused = _fused_kernels() if x.device.type == "cuda" and _calibration is None else None
     clips: list[torch.Tensor] | None = [] if record_clips else None
-    if fused is not None:  # the fused kernel keeps only each chunk's planes (float16) and per-slice sums
+    if fused is not None:  # the fused kernel keeps only each chunk's planes (float16), per-slice sums and clip flags
         hi_lo = fused.split_levels(levels)
-        chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1]))
+        chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1] + levels.shape[0] * sn // slices * record_clips))
     else:
         chunk = max(1, budget // (4 * cycles * sn))
     out = []
     for start in range(0, xi.shape[0], chunk):
         planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
         if fused is not None:
-            acc = fused.crossbar_codes(planes, *hi_lo, place_t, 1.0 / step, lo, hi)
+            flags = None
+            if clips is not None:
+                flags = torch.zeros(levels.shape[0], planes.shape[1], sn // slices, device=x.device, dtype=torch.int8)
+                clips.append(flags.view(torch.bool))  # already reduced over slices
+            acc = fused.crossbar_codes(planes, *hi_lo, place_t, 1.0 / step, lo, hi, flags)
         else:
             acc = _tile_codes(planes, levels, 1.0 / step, lo, hi, cfg["op"], clips)
             if cycles > 1:  # shift-and-add over input cycles
@@ -431,8 +435,9 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         out.append(torch.matmul(place_s, acc.view(-1, slices, sn // slices)))  # and over slices
     y = (torch.cat(out) if len(out) > 1 else out[0]) * step
     if clips is not None:  # a (tile, output) pair is clipped if any slice's read was; no mask if nothing clipped
-        mask = torch.cat(clips, dim=1)
-        mask = mask.view(*mask.shape[:2], slices, -1).any(2)
+        mask = torch.cat(clips, dim=1) if len(clips) > 1 else clips[0]
+        if fused is None:
+            mask = mask.view(*mask.shape[:2], slices, -1).any(2)
         if bool(mask.any()):
             CLIPPED[cfg["op"]] = mask
     if cfg["sign"] == "offset":  # the reference column, in digital

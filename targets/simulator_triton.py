@@ -41,11 +41,16 @@ def _split(w):
     return hi, (w - hi.to(tl.float32)).to(tl.float16)
 
 
-@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK"])
+@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "CLIPS"])  # recording clips needs more registers
 @triton.jit
-def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, B, K, SN, T, R, ROWS, inv_step, code_lo, code_hi,
-                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """y[b, c] = sum over tiles r and cycles t of place[t] * ADC(planes[t, b, tile r] . levels[tile r, c])."""
+def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, clip_ptr, B, K, SN, NC, T, R, ROWS, inv_step,
+                     code_lo, code_hi, CLIPS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """y[b, c] = sum over tiles r and cycles t of place[t] * ADC(planes[t, b, tile r] . levels[tile r, c]).
+
+    With CLIPS, also sets clip[r, b, c % NC] to 1 where any cycle's read of tile r for (b, c) fell outside the ADC's
+    codes: column c = s * NC + n is slice s of output n, so the slices of one output share a flag (set, never
+    cleared, so programs that race on it agree).
+    """
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     rn = tl.program_id(1) * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
@@ -59,11 +64,20 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, B, K, SN, T, R, RO
         hi = tl.load(hi_ptr + levels_at, mask=levels_ok, other=0.0)
         lo = tl.load(lo_ptr + levels_at, mask=levels_ok, other=0.0)
         planes_ok = m_ok[:, None] & ((rk < ROWS) & (k < K))[None, :]
+        v_min = tl.full((BM, BN), float("inf"), dtype=tl.float32)
+        v_max = tl.full((BM, BN), -float("inf"), dtype=tl.float32)
         for t in range(T):
             p = tl.load(p_ptr + (t * B + rm)[:, None] * K + k[None, :], mask=planes_ok, other=0.0)
-            partial = tl.dot(p, hi, acc=tl.dot(p, lo))
-            code = tl.minimum(tl.maximum(libdevice.rint(partial * inv_step), code_lo), code_hi)
+            v = tl.dot(p, hi, acc=tl.dot(p, lo)) * inv_step
+            if CLIPS:  # the extremes over cycles: two operations per read instead of a test per read
+                v_min = tl.minimum(v_min, v)
+                v_max = tl.maximum(v_max, v)
+            code = tl.minimum(tl.maximum(libdevice.rint(v), code_lo), code_hi)
             y += tl.load(place_ptr + t) * code
+        if CLIPS:  # the same test as the eager path's, on the unrounded codes; a store only where one clipped
+            outside = (v_min < code_lo - 0.5) | (v_max >= code_hi + 0.5)
+            clip_at = (r * B + rm)[:, None] * NC + (rn % NC)[None, :]
+            tl.store(clip_ptr + clip_at, tl.full((BM, BN), 1, tl.int8), mask=m_ok[:, None] & n_ok[None, :] & outside)
     tl.store(y_ptr + rm[:, None] * SN + rn[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -74,21 +88,26 @@ def split_levels(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, place_t: torch.Tensor,
-                   inv_step: float, code_lo: int, code_hi: int) -> torch.Tensor:
+                   inv_step: float, code_lo: int, code_hi: int,
+                   clips: torch.Tensor | None = None) -> torch.Tensor:
     """ADC codes summed over row tiles and shifted-and-added over cycles: `[B, S*N]` for planes `[T, B, K]`.
 
     `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`); `place_t`: each cycle's place value `[T]`.
+    `clips`, a zeroed int8 `[R, B, N]`, gets 1 where any cycle's read of a row tile, in any slice, clipped (the
+    gradient's mask).
     """
     cycles, batch, k = planes.shape
     tiles, rows, sn = hi.shape
-    if max(cycles * batch * k, tiles * rows * sn, batch * sn) >= 2**31:
+    if max(cycles * batch * k, tiles * rows * sn, batch * sn, 0 if clips is None else clips.numel()) >= 2**31:
         raise ValueError("crossbar_codes: a chunk this large overflows 32-bit indexing; pass a smaller batch chunk")
     p = planes.to(torch.float16).contiguous()
     y = torch.empty(batch, sn, device=planes.device, dtype=torch.float32)
     bk = max(16, triton.next_power_of_2(rows))
     grid = lambda meta: (triton.cdiv(batch, meta["BM"]), triton.cdiv(sn, meta["BN"]))  # noqa: E731
-    _crossbar_kernel[grid](p, hi, lo, place_t.float().contiguous(), y, batch, k, sn, cycles, tiles, rows,
-                           float(inv_step), float(code_lo), float(code_hi), BK=bk)
+    ncol = sn if clips is None else clips.shape[-1]
+    _crossbar_kernel[grid](p, hi, lo, place_t.float().contiguous(), y, y if clips is None else clips, batch, k, sn,
+                           ncol, cycles, tiles, rows, float(inv_step), float(code_lo), float(code_hi),
+                           CLIPS=clips is not None, BK=bk)
     return y
 
 

@@ -186,3 +186,31 @@ def test_cuda_gradients_equal_the_cpus(fidelity):
     on_gpu = [g.cpu() for g in _grads(cm, x.cuda(), params)]
     for a, b in zip(on_gpu, on_cpu):
         assert (a - b).abs().max() < 1e-3 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fidelity", ["adc", "bit-serial"])
+def test_cuda_fused_clip_mask_gives_the_cpus_gradients(fidelity, monkeypatch):
+    from nvcc_pt.targets import simulator_triton
+
+    torch.manual_seed(2)
+    layer = nn.Linear(20, 6)
+    x = torch.randn(7, 20)
+    spec = get_target("reram-256x256").replace(rows=8, cols=8)  # 3 row tiles, the last one partial
+    cm = nvcc_pt.compile(layer, spec, example_inputs=(x,), fidelity=fidelity).train_weights()
+    (_, state), = cm.plan.states()
+    state.adc_range = torch.tensor([-40.0, 40.0])  # narrow: some partial sums clip, others do not
+    params = list(layer.parameters())
+    on_cpu = _grads(cm, x, params)
+    calls = []
+    kernel = simulator_triton.crossbar_codes
+    monkeypatch.setattr(simulator_triton, "crossbar_codes", lambda *a: calls.append(a[-1] is not None) or kernel(*a))
+    cm.to("cuda")
+    on_gpu = [g.cpu() for g in _grads(cm, x.cuda(), params)]
+    assert calls and all(calls)  # the fused kernel ran and recorded the clip flags
+    cm.to("cpu")
+    state.adc_range = torch.tensor([-1e4, 1e4])
+    unclipped = _grads(cm, x, params)
+    assert not torch.allclose(unclipped[0], on_cpu[0], atol=1e-3)  # the narrow range did clip
+    for a, b in zip(on_gpu, on_cpu):
+        assert (a - b).abs().max() < 1e-3 * max(1.0, b.abs().max().item())
