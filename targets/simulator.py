@@ -391,6 +391,19 @@ def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, inv_step: float, lo:
     return acc
 
 
+def _may_clip(planes: torch.Tensor, tile_peak: torch.Tensor, rows: int, inv_step: float, lo: int, hi: int) -> bool:
+    """Whether any read of DAC planes `[T, b, K]` can fall outside the ADC's codes, by a bound, not by reading.
+
+    A row tile's partial sum is at most (the sum of |digits| on its rows) x (its largest |level|, `tile_peak` `[R]`)
+    in size; where that bound stays inside the codes no read clipped, and the fused kernel need not record flags.
+    """
+    cycles, b, k = planes.shape
+    tiles = tile_peak.shape[0]
+    digits = F.pad(planes.abs(), (0, tiles * rows - k)).view(cycles, b, tiles, rows).sum(-1).amax((0, 1))
+    bound = digits * tile_peak * inv_step
+    return bool(((bound >= hi + 0.5) | (-bound < lo - 0.5)).any())
+
+
 def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_range: torch.Tensor,
               cfg: dict, bit_serial: bool, record_clips: bool = False) -> torch.Tensor:
     """Integer-domain crossbar product of `x` [B, K] -> [B, N] through DAC, arrays, ADCs and shift-and-add.
@@ -417,6 +430,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     if fused is not None:  # the fused kernel keeps only each chunk's planes (float16), per-slice sums and clip flags
         hi_lo = fused.split_levels(levels)
         chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1] + levels.shape[0] * sn // slices * record_clips))
+        tile_peak = levels.abs().amax((1, 2)) if record_clips else None
     else:
         chunk = max(1, budget // (4 * cycles * sn))
     out = []
@@ -424,7 +438,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
         if fused is not None:
             flags = None
-            if clips is not None:
+            if clips is not None and _may_clip(planes, tile_peak, levels.shape[1], 1.0 / step, lo, hi):
                 flags = torch.zeros(levels.shape[0], planes.shape[1], sn // slices, device=x.device, dtype=torch.int8)
                 clips.append(flags.view(torch.bool))  # already reduced over slices
             acc = fused.crossbar_codes(planes, *hi_lo, place_t, 1.0 / step, lo, hi, flags)
@@ -434,7 +448,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
                 acc = torch.mm(place_t[None], acc.view(cycles, -1))
         out.append(torch.matmul(place_s, acc.view(-1, slices, sn // slices)))  # and over slices
     y = (torch.cat(out) if len(out) > 1 else out[0]) * step
-    if clips is not None:  # a (tile, output) pair is clipped if any slice's read was; no mask if nothing clipped
+    if clips:  # a (tile, output) pair is clipped if any slice's read was; no mask if nothing clipped
         mask = torch.cat(clips, dim=1) if len(clips) > 1 else clips[0]
         if fused is None:
             mask = mask.view(*mask.shape[:2], slices, -1).any(2)

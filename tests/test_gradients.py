@@ -214,3 +214,20 @@ def test_cuda_fused_clip_mask_gives_the_cpus_gradients(fidelity, monkeypatch):
     assert not torch.allclose(unclipped[0], on_cpu[0], atol=1e-3)  # the narrow range did clip
     for a, b in zip(on_gpu, on_cpu):
         assert (a - b).abs().max() < 1e-3 * max(1.0, b.abs().max().item())
+
+
+def test_the_clip_bound_never_misses_a_clipped_read():
+    from nvcc_pt.targets.simulator import _may_clip
+
+    torch.manual_seed(4)
+    rows, tiles, k = 8, 3, 20
+    levels = torch.randn(tiles, rows, 6) * 3
+    planes = torch.randint(0, 2, (4, 5, k)).float()
+    peak = levels.abs().amax((1, 2))
+    xt = torch.nn.functional.pad(planes, (0, tiles * rows - k)).view(4, 5, tiles, rows)
+    largest = max((xt[..., r, :] @ levels[r]).abs().max().item() for r in range(tiles))
+    for top in (int(largest * 0.5), int(largest * 0.9), int(largest * 1.1), int(largest * 10)):  # codes -top..top
+        clipped = largest >= top + 0.5
+        may = _may_clip(planes, peak, rows, 1.0, -top, top)
+        assert may or not clipped  # a bound: it may over-report, never miss
+    assert not _may_clip(planes, peak, rows, 1.0, -10**6, 10**6)
