@@ -1,7 +1,7 @@
 """Training speed through the plan: one step (forward + backward) as a ratio to plain steps in the same run.
 
     python benchmarks/training_speed.py                  # CPU, a 1024x1024 layer at batch 256
-    python benchmarks/training_speed.py --device cuda
+    python benchmarks/training_speed.py --device cuda --size 4096 --batch 4096   # a GPU-sized layer
 
 Goals (docs/training.md): a `noisy` step at most 2x a plain PyTorch step; a `bit-serial` step at
 most 1.5x the `bit-serial` forward alone. A step trains the layer's weight and bias
