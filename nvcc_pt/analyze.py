@@ -110,6 +110,11 @@ def _outputs(out) -> torch.Tensor:
 def analyze(cm, batches: Iterable, *, progress: bool | None = None, top: int = 3) -> LayerAnalysis:
     """Per mapped op: error and SNR at the model's fidelity, ADC clipping and codes used, share of the end-to-end
     error; see the module docstring. `progress`: a progress bar (None: when there are 16 ops or more)."""
+    from nvcc_pt import validate as check
+
+    check.integer("top", top, lo=1, where="analyze")
+    if progress is not None:
+        check.boolean("progress", progress, where="analyze")
     if isinstance(batches, (torch.Tensor, str, bytes)) or not hasattr(batches, "__iter__"):
         raise InputError(f"analyze: batches must be an iterable of model inputs, such as [ids1, ids2], "
                          f"got {type(batches).__name__}")

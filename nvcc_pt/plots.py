@@ -149,8 +149,10 @@ def latency(data: dict[str, Any]):
     colors = [HIGHLIGHT_COLOR if worst in {o["name"] for o in os} else CIM_COLOR for _, os in rows]
     ax.barh(range(len(rows)), [v * f for v in vals], color=colors, height=0.75)
     if worst is not None:
-        ax.barh([0], [0], color=HIGHLIGHT_COLOR, label=f"bottleneck: {worst}")
-        _legend_below(fig, ax, 1)
+        from matplotlib.patches import Patch
+
+        fig.legend(handles=[Patch(color=HIGHLIGHT_COLOR, label=f"bottleneck: {worst}")], loc="outside lower center",
+                   fontsize=8, frameon=False)
     _ylabels(ax, [lab for lab, _ in rows])
     return fig
 

@@ -61,7 +61,7 @@ def tile_map(data: dict[str, Any]):
     cmap = ListedColormap([FREE_COLOR, *colors] if colors else [FREE_COLOR, FREE_COLOR])
     cols = min(shown, 4)
     rows = -(-shown // cols)
-    fig, axes = new_figure(10.0, 0.6 + 3.2 * rows, rows, cols)
+    fig, axes = new_figure(10.0, 0.6 + 3.2 * rows, rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])

@@ -129,13 +129,14 @@ def _label_axis(ax, axis: str, unit: str, factor: float) -> float:
     return factor
 
 
-def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **kw):
+def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, squeeze: bool = True, **kw):
     """A figure and its axes in the project's style, outside pyplot: nothing to close, no backend to pick, and
-    Jupyter still shows it. Figures are `width` x `height` inches."""
+    Jupyter still shows it. Figures are `width` x `height` inches; one axes is returned bare if `squeeze`, else
+    every layout gives a 2-d array of axes."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, **kw)
     for ax in axes.flat:
         ax.spines[["top", "right"]].set_visible(False)
-    return fig, (axes[0][0] if rows == cols == 1 else axes)
+    return fig, (axes[0][0] if squeeze and rows == cols == 1 else axes)
