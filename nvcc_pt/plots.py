@@ -259,10 +259,10 @@ def analysis_figure(data: dict[str, Any], sort: bool = False):
     axes[1].set_xlabel("own SNR vs exact (dB)")
     if has_adc:
         axes[2].barh([i - 0.2 for i in y], [100 * (r["clip_rate"] or 0.0) for r in ops], height=0.4,
-                     color=COMPONENT_COLORS["adc"], label="ADC reads clipped")
+                     color=DIGITAL_COLOR, label="ADC reads clipped")
         axes[2].barh([i + 0.2 for i in y], [100 * (r["codes_used"] or 0.0) for r in ops], height=0.4,
                      color="#8172b2", label="ADC codes used (span)")
-        axes[2].set_xlabel("share (%)")
+        axes[2].set_xlabel("ADC reads clipped, codes used (%)")
         axes[2].set_xlim(0, 100)
         fig.legend(*axes[2].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8,
                    frameon=False)
