@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import nvcc_pt
 from matplotlib.colors import to_rgb
 
+import nvcc_pt
 from nvcc_pt.errors import InputError
 from nvcc_pt.plots import PLOT_IDS, bottleneck, groups, report_figure
 from nvcc_pt.plotstyle import HIGHLIGHT_COLOR, percent, ratio, si
