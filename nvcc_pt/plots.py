@@ -151,8 +151,10 @@ def latency(data: dict[str, Any]):
     if worst is not None:
         from matplotlib.patches import Patch
 
-        fig.legend(handles=[Patch(color=HIGHLIGHT_COLOR, label=f"bottleneck: {worst}")], loc="outside lower center",
-                   fontsize=8, frameon=False)
+        module = next(o["module"] for o in mapped if o["name"] == worst)
+        label = f"bottleneck: {worst}" + (f" ({module})" if module else "")
+        fig.legend(handles=[Patch(color=HIGHLIGHT_COLOR, label=label)], loc="outside lower center", fontsize=8,
+                   frameon=False)
     _ylabels(ax, [lab for lab, _ in rows])
     return fig
 
