@@ -109,7 +109,9 @@ def _outputs(out) -> torch.Tensor:
 
 def analyze(cm, batches: Iterable, *, progress: bool | None = None, top: int = 3) -> LayerAnalysis:
     """Per mapped op: error and SNR at the model's fidelity, ADC clipping and codes used, share of the end-to-end
-    error; see the module docstring. `progress`: a progress bar (None: when there are 16 ops or more)."""
+    error; see the module docstring. `batches`: inputs per call, each a tensor, a tuple of tensors or a dict of
+    keyword inputs (`{"input_ids": ids, "attention_mask": mask}`). `progress`: a progress bar (None: from 16
+    ops on). `top`: at most this many ops named by their share."""
     from nvcc_pt import validate as check
 
     check.integer("top", top, lo=1, where="analyze")
@@ -123,7 +125,8 @@ def analyze(cm, batches: Iterable, *, progress: bool | None = None, top: int = 3
                             "there is no error to find; use cm.with_fidelity('adc') (or another fidelity) first")
     if any(s.weight.dim() == 3 for _, s in cm.plan.states()):
         raise InputError("analyze: the plan holds stacked Monte Carlo instances; analyze one programmed chip")
-    flats = [cm.prepare_inputs(*(b if isinstance(b, (tuple, list)) else (b,))) for b in batches]
+    flats = [cm.prepare_inputs(**b) if isinstance(b, dict) else
+             cm.prepare_inputs(*(b if isinstance(b, (tuple, list)) else (b,))) for b in batches]
     if not flats:
         raise InputError("analyze got no batches; pass an iterable of model inputs")
     states = dict(cm.plan.states())

@@ -92,6 +92,16 @@ def test_a_uniform_model_names_no_outlier(model, batches):
     assert a.op(BAD)["snr_db"] > 2.0
 
 
+def test_keyword_batches_with_a_mask(bad, batches):
+    cm, a = bad
+    mask = torch.ones_like(batches[0])
+    mask[1, :3] = 0
+    masked = cm.analyze([{"input_ids": batches[0], "attention_mask": mask}])
+    plain = cm.analyze([{"input_ids": batches[0]}])
+    assert [r["name"] for r in masked.ops] == [r["name"] for r in a.ops]
+    assert masked.end_to_end["rel_error"] != plain.end_to_end["rel_error"]  # the mask reached the model
+
+
 def test_json_table_and_plot(bad, tmp_path):
     from matplotlib.figure import Figure
 
@@ -117,3 +127,15 @@ def test_bad_inputs(bad, model, batches):
                             fidelity="exact")
     with pytest.raises(FidelityError, match="with_fidelity"):
         exact.analyze([torch.randn(2, 8)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_the_analysis_matches_the_cpu(model, batches, bad):
+    """The ADC observer turns the fused Triton kernel off, so the GPU's codes are the CPU path's."""
+    _, cpu = bad
+    cm = nvcc_pt.compile(model, "reram-128x128", fidelity="adc", precision={BAD: {"adc_bits": 3}}).to("cuda")
+    gpu = cm.analyze([b.cuda() for b in batches])
+    assert gpu.end_to_end["rel_error"] == pytest.approx(cpu.end_to_end["rel_error"], rel=1e-3)
+    assert BAD in [w["module"] for w in gpu.worst]
+    for g, c in zip(gpu.ops, cpu.ops):
+        assert g["codes_used"] == pytest.approx(c["codes_used"], abs=2 / 2 ** c["adc_bits"]), g["name"]
