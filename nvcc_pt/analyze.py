@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,26 @@ class _AdcStats:
         s["low"], s["high"] = min(s["low"], float(low)), max(s["high"], float(high))
 
 
+@contextmanager
+def _noise_kept(cm):
+    """Put every op's read-noise and write-noise counters back afterwards: the calls after an analysis draw the
+    noise they would have drawn without it (`program(seed)`'s promise)."""
+    from nvcc_pt.ops import READ_STREAM_ATTR
+    from nvcc_pt.passes.lower import write_states
+
+    streams = [getattr(s.scale, READ_STREAM_ATTR, None) for _, s in cm.plan.states()]
+    calls = [None if r is None else r.calls for r in streams]
+    keys = [(w, w.key.clone()) for _, w in write_states(cm.graph_module)]
+    try:
+        yield
+    finally:
+        for stream, n in zip(streams, calls):
+            if stream is not None:
+                stream.calls = n
+        for w, key in keys:
+            w.key.copy_(key)
+
+
 def _outputs(out) -> torch.Tensor:
     """A run's floating-point outputs as one flat float tensor (logits, hidden states, ...)."""
     parts = [t.detach().float().reshape(-1) for t in (out if isinstance(out, (tuple, list)) else (out,))
@@ -150,20 +171,22 @@ def analyze(cm, batches: Iterable, *, progress: bool | None = None, top: int = 3
         return err / max(ref_power, 1e-300)
 
     order: list[str] = []
-    reference = run(set(), order=order)
-    ref_power = sum(float(r.square().sum()) for r in reference)
-    probe: dict[str, dict] = {}
-    adc = _AdcStats()
-    all_power = power(run(None, probe=probe, observer=adc))
-    names = [n for n in order if n in ops] + [n for n in ops if n not in order]
-    alone = {}
-    bar = tqdm(names, desc="analyzing ops", unit="op", disable=not (len(names) >= 16 if progress is None else progress))
-    for name in bar:
-        alone[name] = power(run({name}))
+    with _noise_kept(cm):
+        reference = run(set(), order=order)
+        ref_power = sum(float(r.square().sum()) for r in reference)
+        probe: dict[str, dict] = {}
+        adc = _AdcStats()
+        all_power = power(run(None, probe=probe, observer=adc))
+        names = [n for n in order if n in ops] + [n for n in ops if n not in order]
+        alone = {}
+        bar = tqdm(names, desc="analyzing ops", unit="op",
+                   disable=not (len(names) >= 16 if progress is None else progress))
+        for name in bar:
+            alone[name] = power(run({name}))
     total = sum(alone.values())
     rows = [_row(name, ops[name], probe.get(name), adc.ops.get(name), alone[name], total, states.get(name))
             for name in names]
-    data = {"schema": ANALYSIS_SCHEMA, "model": cm.report._data["model"], "target": cm.target.name,
+    data = {"schema": ANALYSIS_SCHEMA, "model": cm.plan.capture.model_class, "target": cm.target.name,
             "fidelity": cm.fidelity, "seed": cm.seed, "batches": len(flats), "ops": rows,
             "end_to_end": {"rel_error": math.sqrt(all_power), "snr_db": _db(all_power),
                            "alone_rel_error": math.sqrt(total),

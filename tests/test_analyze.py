@@ -102,6 +102,20 @@ def test_keyword_batches_with_a_mask(bad, batches):
     assert masked.end_to_end["rel_error"] != plain.end_to_end["rel_error"]  # the mask reached the model
 
 
+def test_the_plan_is_left_as_it_was():
+    """Read noise is drawn per call from (seed, op, call): the calls after an analysis see the noise they would
+    have seen without it."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 40)
+    cm = nvcc_pt.compile(torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8)),
+                         "pcm-256x256", example_inputs=(x,), fidelity="noisy")
+    first = cm(x)
+    cm.program(0)
+    a = cm.analyze([x, x])
+    assert a.op("0")["rel_error"] > 0 and torch.equal(cm(x), first)
+    assert not torch.equal(cm(x), first)  # the noise is drawn anew per call
+
+
 def test_json_table_and_plot(bad, tmp_path):
     from matplotlib.figure import Figure
 
