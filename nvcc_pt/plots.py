@@ -34,7 +34,7 @@ MAX_BARS = 48
 """Above this many ops, bar charts show one bar per repeated block instead of one per op."""
 DOMINANT = 2.0
 """The bottleneck is marked only when its pipeline interval is this many times the median op's."""
-LABEL_WIDTH = 34
+LABEL_WIDTH = 40
 
 
 def plot_name(name: str) -> str:
@@ -59,7 +59,10 @@ def groups(ops: list[dict[str, Any]]) -> tuple[list[tuple[str, list[dict[str, An
     """[(label, ops)]: one entry per op, or per repeated block when there are more than `MAX_BARS`; and whether
     they were grouped."""
     if len(ops) <= MAX_BARS:
-        return [(short_label(o["module"] or o["name"], LABEL_WIDTH), [o]) for o in ops], False
+        # Products of one module (attention's two) are told apart by their op names.
+        seen = [o["module"] or o["name"] for o in ops]
+        labels = [f"{m} [{o['name']}]" if seen.count(m) > 1 else m for m, o in zip(seen, ops)]
+        return [(short_label(lab, LABEL_WIDTH), [o]) for lab, o in zip(labels, ops)], False
     out: dict[str, list[dict[str, Any]]] = {}
     for o in ops:
         out.setdefault(block_of(o["module"]), []).append(o)

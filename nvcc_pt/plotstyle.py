@@ -14,14 +14,14 @@ import re
 
 COMPONENT_COLORS = {
     "array": "#4c72b0", "dac": "#55a868", "adc": "#c44e52", "shift_add": "#8172b2", "input_buffer": "#ccb974",
-    "output_buffer": "#64b5cd", "interconnect": "#937860", "write": "#da8bc3", "digital": "#8c8c8c",
+    "output_buffer": "#64b5cd", "interconnect": "#937860", "programming": "#da8bc3", "digital": "#8c8c8c",
     "other_digital": "#4d4d4d",
 }
 """Every plot that splits a cost by component uses these colours, so ADC red means the ADC everywhere."""
 COMPONENT_LABELS = {
     "array": "crossbar arrays", "dac": "DACs", "adc": "ADCs", "shift_add": "shift-and-add",
     "input_buffer": "input buffers", "output_buffer": "output buffers", "interconnect": "interconnect",
-    "write": "cell writes", "digital": "digital products", "other_digital": "other digital ops",
+    "programming": "cell writes (dynamic operands)", "digital": "digital products", "other_digital": "other digital ops",
 }
 CIM_COLOR, DIGITAL_COLOR, HIGHLIGHT_COLOR = "#4c72b0", "#dd8452", "#c44e52"
 """Crossbars, the digital baseline, and the one mark that means "look here" (a bottleneck, a layer that hurts)."""

@@ -88,7 +88,7 @@ def summary_rows(data: dict[str, Any]) -> list[list[Any]]:
             ["Dynamic products on crossbars", f"{dyn['mapped_ops']}: {si(dyn['extra_energy_pj'], 'pJ')} and "
                                               f"{si(dyn['extra_latency_ns'], 'ns')} per token against digital"],
             [sub("cell writes per inference"), f"{dyn['cell_writes_per_inference']:,} ({dyn['seq_len']} tokens)"],
-            [sub("lifetime (endurance)"), "unknown" if life is None else f"{life:.3g} inferences"],
+            [sub("lifetime (endurance)"), "unknown" if life is None else f"{number(life, 3)} inferences"],
         ]
     return rows
 
