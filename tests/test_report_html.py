@@ -162,6 +162,8 @@ def test_hundreds_of_ops_are_grouped_by_block():
     assert all(len(members) == 7 for _, members in rows[:-1])
     rows, grouped = groups(ops[:10])
     assert not grouped and rows[0][0] == "model.layers.0.mlp.proj_0"
+    attention = [{"name": "matmul", "module": "h.0.attn"}, {"name": "matmul_1", "module": "h.0.attn"}]
+    assert [lab for lab, _ in groups(attention)[0]] == ["h.0.attn [matmul]", "h.0.attn [matmul_1]"]
 
 
 def test_text_headline_counts_every_digital_op(report):
