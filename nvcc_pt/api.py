@@ -242,6 +242,18 @@ class CompiledModel:
         self._state_replaced()
         return self
 
+    def analyze(self, batches, *, progress: bool | None = None, top: int = 3):
+        """Per mapped op on real inputs: its error and SNR at this fidelity against `exact`, the ADC's clipping
+        and codes used, its share of the end-to-end error, and the ops that hurt most with what to change
+        (`nvcc_pt.analyze`). `batches`: an iterable of inputs, as for `calibrate`. Returns a `LayerAnalysis`.
+
+        Example:
+            >>> a = cm.analyze([ids1, ids2]); print(a.table()); a.to_json("layers.json"); a.plot()
+        """
+        from nvcc_pt.analyze import analyze
+
+        return analyze(self, batches, progress=progress, top=top)
+
     def to(self, device: str | torch.device) -> CompiledModel:
         """Move the plan's weights and state to `device` (for example "cuda"); returns self."""
         check.instance("device", device, (str, torch.device), where="to")

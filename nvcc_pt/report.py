@@ -159,6 +159,22 @@ def build_report(gm: fx.GraphModule, ctx, *, model: str, fidelity: str, seed: in
     return MappingReport(data)
 
 
+def _cost_lines(totals: dict[str, Any]) -> list[str]:
+    """The text report's cost headline: every op per token (crossbars, digital products, other digital ops)."""
+    from nvcc_pt.plotstyle import ratio, si
+
+    other_e = totals.get("other_digital_energy_pj") or 0.0
+    return [
+        f"cost per token, every op: {si(totals['energy_pj'] + other_e, 'pJ')} = {si(totals['cim_energy_pj'], 'pJ')} "
+        f"on crossbars + {si(totals['digital_energy_pj'], 'pJ')} digital products + {si(other_e, 'pJ')} other digital "
+        f"ops; latency of {totals['tokens']} token(s) {si(totals['latency_ns'], 'ns')} (other digital ops "
+        f"{si(totals.get('other_digital_latency_ns') or 0.0, 'ns')} per token)",
+        f"area {si(totals['area_mm2'], 'mm2')}; pipeline {si(totals['pipeline_latency_ns'], 'ns')}, bottleneck "
+        f"{totals['bottleneck']}; mapped ops vs {totals['baseline']}: {ratio(totals['energy_ratio'])} less energy, "
+        f"{ratio(totals['speedup'])} the speed",
+    ]
+
+
 def _sig(x: float | None) -> float | None:
     """Six significant digits: what a cost estimate can claim, and stable across platforms."""
     return None if x is None else float(f"{x:.6g}")
@@ -300,12 +316,7 @@ class MappingReport:
             f"{totals['model_params']:,}; {totals['mapped_macs_fraction']:.1%} of per-token weight MACs on crossbars",
         ]
         if totals.get("energy_ratio") is not None:
-            out.append(
-                f"cost per token: {totals['energy_pj'] / 1e3:,.1f} nJ ({totals['cim_energy_pj'] / 1e3:,.1f} nJ on crossbars), "
-                f"area {totals['area_mm2']:.3g} mm2; pipeline {totals['pipeline_latency_ns']:,.0f} ns, bottleneck "
-                f"{totals['bottleneck']}; mapped ops vs {totals['baseline']}: {totals['energy_ratio']:.3g}x less energy, "
-                f"{totals['speedup']:.3g}x the speed; other digital ops {totals.get('other_digital_energy_pj', 0) / 1e3:,.1f} nJ, "
-                f"{totals.get('other_digital_latency_ns', 0):,.0f} ns")
+            out += _cost_lines(totals)
         for dead in self._data.get("dead_products", []):
             out.append(f"dropped {dead['name']} ({dead['module'] or 'top level'}): its result is never used, so it is "
                        "neither mapped nor run")
@@ -324,6 +335,17 @@ class MappingReport:
         return "\n".join(out)
 
     __repr__ = __str__
+
+    def plot(self, name: str = "energy"):
+        """One of the HTML page's plots as a matplotlib figure, for a paper: "energy" (per op, by component),
+        "energy-by-component", "latency", "baseline", "arrays", "utilization" or "tile-map".
+
+        Example:
+            >>> cm.report.plot("energy").savefig("energy.pdf")
+        """
+        from nvcc_pt.plots import report_figure
+
+        return report_figure(self._data, name)
 
     def to_html(self, path: str | Path | None = None) -> str:
         """One self-contained HTML page: summary, mapping and cost tables, and the plots as embedded PNGs.

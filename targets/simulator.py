@@ -79,6 +79,8 @@ chunks under it. On CPU it holds one row tile's partial sums: a block that stays
 ADC passes cheap. On CUDA it holds the fused kernel's DAC planes and per-slice sums."""
 
 _calibration: dict[str, list[float]] | None = None
+_adc_observer = None
+"""While `observing_adc` is open: called as `(op, partial sums in ADC steps, lowest code, highest code)`."""
 
 
 def _quantize(x: torch.Tensor, bits: int, dequantize: bool,
@@ -203,8 +205,20 @@ def _store(state: CimState, name: str, value: torch.Tensor) -> None:
 
 
 def recording() -> bool:
-    """Whether a `recording_ranges` block is open (calls must then run eagerly)."""
-    return _calibration is not None
+    """Whether a `recording_ranges` or `observing_adc` block is open (calls must then run eagerly)."""
+    return _calibration is not None or _adc_observer is not None
+
+
+@contextmanager
+def observing_adc(observer):
+    """Within the block, crossbar paths hand each row tile's partial sums, in ADC steps before the ADC rounds and
+    clips them, to `observer(op, values, lo, hi)` (`lo`, `hi`: the ADC's end codes). For analysis (`cm.analyze`)."""
+    global _adc_observer
+    previous, _adc_observer = _adc_observer, observer
+    try:
+        yield
+    finally:
+        _adc_observer = previous
 
 
 @contextmanager
@@ -384,6 +398,8 @@ def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, inv_step: float, lo:
             seen = _calibration.setdefault(op, [math.inf, -math.inf])
             seen[0] = min(seen[0], codes.min().item() / inv_step)
             seen[1] = max(seen[1], codes.max().item() / inv_step)
+        if _adc_observer is not None:
+            _adc_observer(op, codes, lo, hi)
         codes = codes.round_().clamp_(lo, hi)
         acc = codes if acc is None else acc.add_(codes)
     if clips is not None:
@@ -425,7 +441,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     place_s = slice_places(cfg["cell_bits"], slices, x.device)
     cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
-    fused = _fused_kernels() if x.device.type == "cuda" and _calibration is None else None
+    fused = _fused_kernels() if x.device.type == "cuda" and not recording() else None
     clips: list[torch.Tensor] | None = [] if record_clips else None
     if fused is not None:  # the fused kernel keeps only each chunk's planes (float16), per-slice sums and clip flags
         hi_lo = fused.split_levels(levels)

@@ -8,14 +8,18 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 
 import nvcc_pt
-from nvcc_pt.report_html import PLOT_IDS
+from nvcc_pt.errors import InputError
+from nvcc_pt.plots import PLOT_IDS, bottleneck, groups, report_figure
+from nvcc_pt.plotstyle import HIGHLIGHT_COLOR, percent, ratio, si
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_llama_reram-128x128_report.json"
 
@@ -49,8 +53,10 @@ class _Page(HTMLParser):
         super().__init__()
         self.images: dict[str, str] = {}
         self.figures: list[str] = []
+        self.captions: list[str] = []
         self.cells: list[str] = []
-        self._in_td = False
+        self.tables: list[list[list[str]]] = []
+        self._in: str | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -58,11 +64,18 @@ class _Page(HTMLParser):
             self.figures.append(a.get("id", ""))
         if tag == "img":
             self.images[a["alt"]] = a["src"]
-        self._in_td = tag == "td"
+        if tag == "table":
+            self.tables.append([])
+        if tag == "tr":
+            self.tables[-1].append([])
+        self._in = tag if tag in ("td", "figcaption") else None
 
     def handle_data(self, data):
-        if self._in_td:
+        if self._in == "td":
             self.cells.append(data)
+            self.tables[-1][-1].append(data)
+        elif self._in == "figcaption":
+            self.captions.append(data)
 
 
 def test_html_parses_and_holds_every_plot(report, tmp_path):
@@ -75,10 +88,10 @@ def test_html_parses_and_holds_every_plot(report, tmp_path):
     assert parser.figures == [f"plot-{p}" for p in PLOT_IDS]
     assert set(parser.images) == set(PLOT_IDS)
     for name, src in parser.images.items():
-        prefix = "data:image/png;base64,"
+        prefix = "data:image/svg+xml;base64,"
         assert src.startswith(prefix), name
-        png = base64.b64decode(src[len(prefix):], validate=True)
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000, name
+        image = base64.b64decode(src[len(prefix):], validate=True).decode("utf-8")
+        assert image.lstrip().startswith("<?xml") and "<svg" in image and len(image) > 5000, name
     # self-contained: no external resource
     assert "http://" not in page and "https://" not in page and "<script" not in page
     # every op and the bottleneck appear in the tables
@@ -95,3 +108,74 @@ def test_html_of_a_loaded_plan_equals_the_original(tmp_path):
     loaded = nvcc_pt.load(tmp_path / "plan")
     assert loaded.report.to_dict() == cm.report.to_dict()
     assert loaded.report.to_html() == cm.report.to_html()
+
+
+def test_summary_is_in_words_and_units(report):
+    parser = _Page()
+    parser.feed(report.to_html())
+    summary = {row[0]: row[1] for row in parser.tables[0][1:]}
+    for label, value in summary.items():
+        assert "_" not in label and label not in report.totals and "pj" not in label.lower(), label  # no raw keys
+        assert not re.search(r"\de[+-]?\d", value), value  # no 2.358e+05
+    t = report.totals
+    assert summary["Energy per token, every op"] == si(t["energy_pj"] + t["other_digital_energy_pj"], "pJ")
+    assert summary["on crossbars"] == si(t["cim_energy_pj"], "pJ") and summary["on crossbars"].endswith(" nJ")
+    assert summary["Pipeline bottleneck"].startswith(t["bottleneck"] + " (model.layers.")
+    # Captions round what they quote.
+    baseline = next(c for c in parser.captions if "speed-up" in c)
+    assert f"speed-up {t['speedup']:.3g}x" in baseline and str(t["speedup"]) not in baseline
+
+
+def test_report_plots_are_figures_with_units(report):
+    from matplotlib.figure import Figure
+
+    for name in (*PLOT_IDS, "energy"):
+        fig = report.plot(name)
+        assert isinstance(fig, Figure), name
+        labels = [ax.get_xlabel() for ax in fig.axes if ax.get_visible()]
+        if name != "tile-map":
+            assert all(re.search(r"\((nJ|µJ|pJ|ns|µs|%|count)\)", lab) for lab in labels), (name, labels)
+    energy = report.plot("energy")
+    assert energy.axes[0].get_xlabel() == "energy per token (nJ)"
+    assert energy.legends and not energy.axes[0].get_legend()  # the legend is the figure's, below the axes
+    tiles = [t.get_text() for t in report.plot("tile-map").legends[0].get_texts()]
+    assert tiles[0] == "free" and tiles[-1] == "output head (lm_head)"
+    with pytest.raises(InputError, match="unknown plot 'energie'"):
+        report.plot("energie")
+
+
+def test_bottleneck_is_marked_only_when_it_dominates(report):
+    data = report.to_dict()
+    assert bottleneck(data) is None  # duplication balanced the pipeline: no op stands out
+    name = data["totals"]["bottleneck"]
+    op = next(o for o in data["ops"] if o["name"] == name)
+    op["latency_ns"] = 10 * op["latency_ns"]
+    assert bottleneck(data) == name
+    bars = report_figure(data, "latency").axes[0].patches
+    assert sum(b.get_facecolor()[:3] == to_rgb(HIGHLIGHT_COLOR) for b in bars) == 1
+
+
+def test_hundreds_of_ops_are_grouped_by_block():
+    ops = [{"name": f"linear_{i}", "module": f"model.layers.{i // 7}.mlp.proj_{i % 7}"} for i in range(196)]
+    rows, grouped = groups([*ops, {"name": "linear_196", "module": "lm_head"}])
+    assert grouped and len(rows) == 29 and rows[0][0] == "model.layers.0" and rows[-1][0] == "lm_head"
+    assert all(len(members) == 7 for _, members in rows[:-1])
+    rows, grouped = groups(ops[:10])
+    assert not grouped and rows[0][0] == "model.layers.0.mlp.proj_0"
+    attention = [{"name": "matmul", "module": "h.0.attn"}, {"name": "matmul_1", "module": "h.0.attn"}]
+    assert [lab for lab, _ in groups(attention)[0]] == ["h.0.attn [matmul]", "h.0.attn [matmul_1]"]
+
+
+def test_text_headline_counts_every_digital_op(report):
+    t = report.totals
+    headline = next(line for line in str(report).splitlines() if line.startswith("cost per token"))
+    total = si(t["energy_pj"] + t["other_digital_energy_pj"], "pJ")
+    assert headline.startswith(f"cost per token, every op: {total} = {si(t['cim_energy_pj'], 'pJ')} on crossbars + "
+                               f"{si(t['digital_energy_pj'], 'pJ')} digital products + "
+                               f"{si(t['other_digital_energy_pj'], 'pJ')} other digital ops")
+
+
+def test_si_formatting():
+    assert si(235_800, "pJ") == "235.8 nJ" and si(153952.0, "pJ") == "154 nJ" and si(7207.5, "ns") == "7.208 µs"
+    assert si(0.648183, "mm2") == "0.6482 mm²" and si(0.0, "mm2") == "0 mm²" and si(None, "pJ") == "-"
+    assert ratio(0.0525819) == "0.0526x" and percent(0.2109) == "21.1 %" and percent(2e-6) == "<0.01 %"
