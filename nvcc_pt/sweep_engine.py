@@ -62,6 +62,10 @@ class PointTask:
     device: str = "auto"
     draw_on: str = "cpu"
     model_seed: int = 0
+    calibrate: bool | list = False
+    first_chip: int = 0
+    """The point's first chip, compiled first and calibrated on, whichever chips are missing."""
+    """Set ADC ranges (`cm.calibrate`) at fidelities with an ADC: True on the built-in metric's corpus, or these inputs."""
 
 
 def cost_columns(totals: dict[str, Any]) -> dict[str, float]:
@@ -101,6 +105,12 @@ def _metric(task: PointTask, model):
     return _METRICS[key]
 
 
+def _to(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to(b, device) for b in batch)
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+
+
 def run_point(task: PointTask) -> list[dict[str, Any]]:
     """Compile `task.point` once and evaluate its metric on each of `task.chips`; one row per chip.
 
@@ -117,13 +127,16 @@ def run_point(task: PointTask) -> list[dict[str, Any]]:
         columns = point.columns()
         where = f"point {point.point_id}"
         try:
-            cm = nvcc_pt.compile(model, point.spec, fidelity=point.fidelity, seed=task.chips[0], policy=point.policy,
+            cm = nvcc_pt.compile(model, point.spec, fidelity=point.fidelity, seed=task.first_chip, policy=point.policy,
                                  precision=point.precision or None, **task.compile_options)
         except NvccPtError as e:
             seconds = (time.perf_counter() - start) / len(task.chips)
             return [{**columns, "chip": chip, "error": f"{type(e).__name__}: {e}", "seconds": seconds}
                     for chip in task.chips]
         cm.to(_device(task.device))
+        if task.calibrate is not False and point.fidelity in ("adc", "bit-serial"):
+            batches = [metric.ids] if task.calibrate is True else task.calibrate
+            cm.calibrate([_to(b, cm.device) for b in batches])  # on the first chip: the range is a design choice
         costs = cost_columns(cm.report.totals)
         values = []
         with torch.no_grad():

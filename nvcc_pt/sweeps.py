@@ -130,7 +130,7 @@ def sweep(model: nn.Module | str, grid: dict[str, Any] | list[dict[str, Any]], m
           policy: Any = None, precision: dict | None = None, scheduler: Any = None, workers: int | None = None,
           processes: bool = True, device: str = "auto", draw_on: str = "cpu", reference: bool = True,
           metric_name: str | None = None, higher_is_better: bool | None = None, model_seed: int = 0,
-          compile_options: dict[str, Any] | None = None, timeout_s: float = 30.0,
+          compile_options: dict[str, Any] | None = None, calibrate: bool | list = False, timeout_s: float = 30.0,
           progress: bool = True) -> SweepResult:
     """Run `grid` x `chips` programmed instances, streaming one Parquet row per (point, chip) into `out`.
 
@@ -155,6 +155,9 @@ def sweep(model: nn.Module | str, grid: dict[str, Any] | list[dict[str, Any]], m
         higher_is_better: the metric's direction; built-ins know theirs, functions default to True.
         model_seed: seeds a `builtin:` model's random weights.
         compile_options: more keywords of `nvcc_pt.compile` (`example_inputs`, `tokens`, `duplicate`, ...).
+        calibrate: at fidelities with an ADC ("adc", "bit-serial"), set each point's ADC ranges from real partial
+            sums (`CompiledModel.calibrate`) on its first chip: True uses the built-in metric's corpus, a list gives
+            the inputs. Off by default: ranges are then full-scale, as the target's `adc_range` says.
         timeout_s: how long to wait for a scheduler address.
         progress: show a tqdm bar over the sweep's (point, chip) rows.
 
@@ -182,13 +185,19 @@ def sweep(model: nn.Module | str, grid: dict[str, Any] | list[dict[str, Any]], m
     direction = metric.higher_is_better if builtin else (True if higher_is_better is None else higher_is_better)
     if not isinstance(direction, dict):
         check.boolean("higher_is_better", direction, where="sweep", error=SweepError)
+    if calibrate is True and not builtin:
+        raise SweepError("calibrate=True calibrates on the built-in metric's corpus; with a metric function, pass the "
+                         "inputs to calibrate on: calibrate=[ids1, ids2]")
+    if not isinstance(calibrate, (bool, list)) or (isinstance(calibrate, list) and not calibrate):
+        raise SweepError(f"calibrate={calibrate!r} must be True, False or a non-empty list of model inputs")
     defaults = {"target": target, "fidelity": fidelity, "policy": policy, "precision": precision}
     points = expand_grid(grid, **defaults)
     if reference:
         base = make_point({}, **defaults)
         points.insert(0, Point(base.spec, "exact", reference=True))
     identity = {"model": _model_identity(model, model_seed), "metric": {**metric_id, "higher_is_better": direction},
-                "compile": _options_identity(options), "draw_on": draw_on}
+                "compile": _options_identity(options), "draw_on": draw_on,
+                "calibrate": _options_identity(calibrate)}
     check.path("out", out, where="sweep", error=SweepError)
     store = SweepStore(out, identity)  # refuses another sweep's output before anything runs
     done = store.done()
@@ -199,7 +208,7 @@ def sweep(model: nn.Module | str, grid: dict[str, Any] | list[dict[str, Any]], m
         if missing:
             tasks.append(PointTask(point, missing, model, json.dumps(identity["model"], sort_keys=True), metric,
                                    json.dumps(metric_id, sort_keys=True), name, builtin, options, device, draw_on,
-                                   model_seed))
+                                   model_seed, calibrate, chips_for[0]))
     total = sum(1 if p.reference else len(chip_list) for p in points)
     todo = sum(len(t.chips) for t in tasks)
     if tasks:
