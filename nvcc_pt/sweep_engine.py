@@ -31,6 +31,7 @@ from nvcc_pt.sweep_metrics import values_of
 _LOCK = threading.Lock()
 _MODELS: dict[str, Any] = {}
 _METRICS: dict[tuple[str, str], Any] = {}
+_CAPTURES: dict[str, tuple] = {}  # one capture of the worker's model serves every point (only the target differs)
 
 COST_COLUMNS = {
     "energy_pj": "energy per token, every op: mapped products, digital products and other digital ops (pJ)",
@@ -64,6 +65,8 @@ class PointTask:
     model_seed: int = 0
     calibrate: bool | list = False
     first_chip: int = 0
+    options_key: str = ""
+    """Identifies `compile_options`: a capture is reused only for the same model and options."""
     """The point's first chip, compiled first and calibrated on, whichever chips are missing."""
     """Set ADC ranges (`cm.calibrate`) at fidelities with an ADC: True on the built-in metric's corpus, or these inputs."""
 
@@ -83,7 +86,8 @@ def _device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def _model(task: PointTask):
+def _model(task: PointTask, device: torch.device):
+    """The task's model on `device`, built or received once per worker process."""
     if task.model_key not in _MODELS:
         model = task.model
         if isinstance(model, str):
@@ -92,7 +96,9 @@ def _model(task: PointTask):
             model = build_model(model, seed=task.model_seed)
         _MODELS.clear()  # one model per worker: a sweep over another model frees the last one
         _METRICS.clear()
-        _MODELS[task.model_key] = model
+        _CAPTURES.clear()
+        # Compiled plans share the model's parameters, so the model lives where the plans run.
+        _MODELS[task.model_key] = model.to(device)
     return _MODELS[task.model_key]
 
 
@@ -122,18 +128,22 @@ def run_point(task: PointTask) -> list[dict[str, Any]]:
     with _LOCK:
         start = time.perf_counter()
         point = task.point
-        model = _model(task)
+        device = _device(task.device)
+        model = _model(task, device)
         metric = _metric(task, model)
         columns = point.columns()
         where = f"point {point.point_id}"
+        options = {k: _to(v, device) if k == "example_inputs" else v for k, v in task.compile_options.items()}
         try:
             cm = nvcc_pt.compile(model, point.spec, fidelity=point.fidelity, seed=task.first_chip, policy=point.policy,
-                                 precision=point.precision or None, **task.compile_options)
+                                 precision=point.precision or None, captured=_CAPTURES.get(task.model_key + task.options_key),
+                                 **options)
         except NvccPtError as e:
             seconds = (time.perf_counter() - start) / len(task.chips)
             return [{**columns, "chip": chip, "error": f"{type(e).__name__}: {e}", "seconds": seconds}
                     for chip in task.chips]
-        cm.to(_device(task.device))
+        _CAPTURES.setdefault(task.model_key + task.options_key, (cm.plan.exported, cm.plan.capture))
+        cm.to(device)
         if task.calibrate is not False and point.fidelity in ("adc", "bit-serial"):
             batches = [metric.ids] if task.calibrate is True else task.calibrate
             cm.calibrate([_to(b, cm.device) for b in batches])  # on the first chip: the range is a design choice

@@ -221,7 +221,8 @@ def write_report(result, directory: str | Path, *, metric: str, within: float | 
     directory = Path(directory)
     fig = plot_sweep(result, metric, k=k, within=within, relative=relative)
     svg, png = io.BytesIO(), io.BytesIO()
-    fig.savefig(svg, format="svg")
+    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text: searchable, and it scales with the page
+        fig.savefig(svg, format="svg")
     fig.savefig(png, format="png", dpi=200)
     plt.close(fig)
     sections = summary_sections(result, metric, within=within, relative=relative, k=k)

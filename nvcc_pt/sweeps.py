@@ -208,7 +208,7 @@ def sweep(model: nn.Module | str, grid: dict[str, Any] | list[dict[str, Any]], m
         if missing:
             tasks.append(PointTask(point, missing, model, json.dumps(identity["model"], sort_keys=True), metric,
                                    json.dumps(metric_id, sort_keys=True), name, builtin, options, device, draw_on,
-                                   model_seed, calibrate, chips_for[0]))
+                                   model_seed, calibrate, chips_for[0], json.dumps(identity["compile"])))
     total = sum(1 if p.reference else len(chip_list) for p in points)
     todo = sum(len(t.chips) for t in tasks)
     if tasks:

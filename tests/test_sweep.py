@@ -64,6 +64,11 @@ def test_local_dask_cluster_equals_serial(tmp_path):
     noisy = t[(t["sigma"] == 0.1) & (t["adc_bits"] == 8)]["metric.err"]
     assert noisy.nunique() == 2  # two programmed chips differ
     assert (t.loc[~t["reference"], "adc_bits"] == [4, 4, 4, 4, 8, 8, 8, 8]).all()  # grid order, then chip
+    # a row is what a direct compile gives: calibrated on the first chip, then programmed as chip 1
+    spec = nvcc_pt.get_target("reram-128x128").replace(adc_bits=8, sigma=0.1)
+    cm = nvcc_pt.compile(MODEL, spec, fidelity="adc", seed=0, example_inputs=(X,)).calibrate([X]).program(1)
+    assert noisy.iloc[1] == rel_err(cm)
+    assert t["energy_pj"].iloc[-1] == cm.report.totals["energy_pj"] + cm.report.totals["other_digital_energy_pj"]
 
 
 def test_interrupted_sweep_computes_only_the_missing_points(tmp_path):
