@@ -86,8 +86,8 @@ def _device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def _model(task: PointTask, device: torch.device):
-    """The task's model on `device`, built or received once per worker process."""
+def _model(task: PointTask):
+    """The task's model, built or received once per worker process."""
     if task.model_key not in _MODELS:
         model = task.model
         if isinstance(model, str):
@@ -97,9 +97,10 @@ def _model(task: PointTask, device: torch.device):
         _MODELS.clear()  # one model per worker: a sweep over another model frees the last one
         _METRICS.clear()
         _CAPTURES.clear()
-        # Compiled plans share the model's parameters, so the model lives where the plans run.
-        _MODELS[task.model_key] = model.to(device)
-    return _MODELS[task.model_key]
+        _MODELS[task.model_key] = model
+    # A plan shares the model's parameters and `cm.to(device)` moves them in place: every design is compiled from
+    # the model on the CPU, then moved (as benchmarks/simulator_speed.py does).
+    return _MODELS[task.model_key].cpu()
 
 
 def _metric(task: PointTask, model):
@@ -127,36 +128,42 @@ def run_point(task: PointTask) -> list[dict[str, Any]]:
 
     with _LOCK:
         start = time.perf_counter()
-        point = task.point
-        device = _device(task.device)
-        model = _model(task, device)
+        point, chips = task.point, task.chips
+        model = _model(task)
         metric = _metric(task, model)
         columns = point.columns()
-        where = f"point {point.point_id}"
-        options = {k: _to(v, device) if k == "example_inputs" else v for k, v in task.compile_options.items()}
+        capture_key = task.model_key + task.options_key
         try:
-            cm = nvcc_pt.compile(model, point.spec, fidelity=point.fidelity, seed=task.first_chip, policy=point.policy,
-                                 precision=point.precision or None, captured=_CAPTURES.get(task.model_key + task.options_key),
-                                 **options)
-        except NvccPtError as e:
-            seconds = (time.perf_counter() - start) / len(task.chips)
-            return [{**columns, "chip": chip, "error": f"{type(e).__name__}: {e}", "seconds": seconds}
-                    for chip in task.chips]
-        _CAPTURES.setdefault(task.model_key + task.options_key, (cm.plan.exported, cm.plan.capture))
-        cm.to(device)
-        if task.calibrate is not False and point.fidelity in ("adc", "bit-serial"):
-            batches = [metric.ids] if task.calibrate is True else task.calibrate
-            cm.calibrate([_to(b, cm.device) for b in batches])  # on the first chip: the range is a design choice
-        costs = cost_columns(cm.report.totals)
-        values = []
-        with torch.no_grad():
-            for chip in task.chips:
-                if chip != cm.seed or task.draw_on != "cpu":  # compile programmed the first chip already
-                    cm.program(chip, draw_on=task.draw_on)
-                values.append(values_of(metric(cm), task.metric_name, f"{where}, chip {chip}"))
-        seconds = (time.perf_counter() - start) / len(task.chips)
+            try:
+                cm = nvcc_pt.compile(model, point.spec, fidelity=point.fidelity, seed=task.first_chip,
+                                     policy=point.policy, precision=point.precision or None,
+                                     captured=_CAPTURES.get(capture_key), **task.compile_options)
+            except NvccPtError as e:
+                seconds = (time.perf_counter() - start) / len(chips)
+                return [{**columns, "chip": chip, "error": f"{type(e).__name__}: {e}", "seconds": seconds}
+                        for chip in chips]
+            _CAPTURES.setdefault(capture_key, (cm.plan.exported, cm.plan.capture))
+            costs = cost_columns(cm.report.totals)
+            values = _evaluate(cm.to(_device(task.device)), task, metric)
+        finally:
+            model.cpu()  # the plan moved the shared parameters; the next design compiles on the CPU again
+        seconds = (time.perf_counter() - start) / len(chips)
         return [{**columns, "chip": chip, **costs, **{f"metric.{k}": v for k, v in vals.items()}, "error": "",
-                 "seconds": seconds} for chip, vals in zip(task.chips, values)]
+                 "seconds": seconds} for chip, vals in zip(chips, values)]
+
+
+def _evaluate(cm, task: PointTask, metric) -> list[dict[str, float]]:
+    """The metric of each chip: calibrated on the first chip (the range is a design choice), then each programmed."""
+    if task.calibrate is not False and task.point.fidelity in ("adc", "bit-serial"):
+        batches = [metric.ids] if task.calibrate is True else task.calibrate
+        cm.calibrate([_to(b, cm.device) for b in batches])
+    values = []
+    with torch.no_grad():
+        for chip in task.chips:
+            if chip != cm.seed or task.draw_on != "cpu":  # compile programmed the first chip already
+                cm.program(chip, draw_on=task.draw_on)
+            values.append(values_of(metric(cm), task.metric_name, f"point {task.point.point_id}, chip {chip}"))
+    return values
 
 
 def dask_available() -> bool:

@@ -62,9 +62,10 @@ class BuiltinMetric:
     def prepare(self, model: torch.nn.Module) -> Callable:
         """The metric as a function of a compiled model, with the corpus and float logits computed once."""
         ids = sample_corpus(model, self.batch, self.tokens, self.seed)
+        on = ids.to(next(model.parameters()).device)
         with torch.no_grad():
-            reference = _logits(model(input_ids=ids, use_cache=False) if _is_hf(model) else model(ids))
-        return _Bound(self.name, ids, reference.float())
+            reference = _logits(model(input_ids=on, use_cache=False) if _is_hf(model) else model(on))
+        return _Bound(self.name, ids, reference.float().cpu())
 
     def __call__(self, cm) -> float:
         raise InputError(f"built-in metric {self.name!r} must be bound to its float model first: "
