@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,8 @@ def summary_sections(result, metric: str, *, within: float | None, relative: boo
     head.append(f"KPP (k = {k:g} %) is the value only {k:g} % of programmed chips do worse than "
                 "(Yan et al., ICCAD 2023). Energy counts every op per token; area is the mapped products' arrays "
                 "and periphery.")
-    sections = [("Summary", " ".join(head), "<p>" + html.escape(" ".join(head)) + "</p>")]
+    text = html.escape(" ".join(head))
+    sections = [("Summary", " ".join(head), "<p>" + re.sub(r"`([^`]*)`", r"<code>\1</code>", text) + "</p>")]
     if within is not None and has_ref:
         bound = f"{fmt(within * 100)} %" if relative else fmt(within)
         try:

@@ -199,3 +199,21 @@ def test_local_gpu_cluster_pins_one_gpu_per_worker():
     with local_cluster(gpus=["0", "1"]) as cluster, distributed.Client(cluster) as client:
         seen = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
     assert sorted(seen.values()) == ["0", "1"]
+
+
+def test_grid_expansion_validates_and_merges_spellings_of_one_design():
+    from nvcc_pt.sweep_grid import expand_grid
+
+    points = expand_grid({"adc_bits": [8, 6], "policy": ["all", "no-lm-head"],
+                          "precision": [{}, {"*.0": {"weight_bits": 4}}]}, target="reram-128x128")
+    assert len(points) == 8 and len({p.point_id for p in points}) == 8
+    same = expand_grid([{"adc_bits": 8}, {}, {"target": "reram-128x128", "adc_bits": 8}])
+    assert len(same) == 1  # the preset's own ADC bits: the same design however it is spelled
+    listed = expand_grid([{"level_scale": [1.0, 2.0, 2.0, 1.0]}, {"device": {"name": "custom", "sigma": 0.05}}])
+    assert listed[0].spec.device.level_scale == (1.0, 2.0, 2.0, 1.0) and listed[1].spec.device.name == "custom"
+    with pytest.raises(SweepError, match="no values"):
+        expand_grid({"adc_bits": []})
+    with pytest.raises(SweepError, match="more than"):
+        expand_grid({"adc_bits": list(range(1, 25)), "rows": list(range(1, 101)), "cols": list(range(1, 101))})
+    with pytest.raises(SweepError, match="not a sweep's output"):
+        nvcc_pt.read_sweep("/nonexistent/sweep.parquet")
