@@ -32,10 +32,11 @@ _TYPES = {"int": "int64", "float": "float64", "str": "string", "bool": "bool_"}
 
 def _arrow():
     try:
+        import pandas  # noqa: F401  (the tables sweeps return)
         import pyarrow as pa
         import pyarrow.parquet as pq
-    except ImportError as e:  # pragma: no cover - pyarrow is a dependency of the sweep extra
-        raise SweepError("sweeps write Parquet through pyarrow, which is not installed: "
+    except ImportError as e:
+        raise SweepError(f"sweeps keep their rows with pandas and pyarrow, and {e.name} is not installed: "
                          "pip install 'nvcc-pt[sweep]'") from e
     return pa, pq
 
@@ -44,6 +45,7 @@ class SweepStore:
     """The output directory of one sweep identity; created on the first write, checked on open."""
 
     def __init__(self, path: str | Path, identity: dict[str, Any]):
+        _arrow()  # before anything runs: a sweep that could not keep its rows would be lost
         self.path = Path(path)
         self.identity = {"schema": SWEEP_SCHEMA, **identity}
         self._text = json.dumps(self.identity, sort_keys=True)
