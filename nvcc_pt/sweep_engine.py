@@ -157,6 +157,12 @@ def _evaluate(cm, task: PointTask, metric) -> list[dict[str, float]]:
     if task.calibrate is not False and task.point.fidelity in ("adc", "bit-serial"):
         batches = [metric.ids] if task.calibrate is True else task.calibrate
         cm.calibrate([_to(b, cm.device) for b in batches])
+    if task.builtin and cm.device.type == "cuda":
+        # The built-ins call the model on one fixed corpus: montecarlo folds several chips into one forward pass.
+        from nvcc_pt.montecarlo import montecarlo
+
+        res = montecarlo(cm, metric, task.chips, higher_is_better=False, progress=False, draw_on=task.draw_on)
+        return [{task.metric_name: v} for v in res.values]
     values = []
     with torch.no_grad():
         for chip in task.chips:
