@@ -19,6 +19,8 @@ from nvcc_pt.errors import (
     NvccPtError,
     PassError,
     PlanFormatError,
+    SchedulerError,
+    SweepError,
     TargetError,
     UnsupportedOpError,
 )
@@ -26,6 +28,7 @@ from nvcc_pt.montecarlo import MonteCarloResult, montecarlo
 from nvcc_pt.ops import FIDELITIES
 from nvcc_pt.passmanager import MappingPolicy
 from nvcc_pt.report import MappingReport
+from nvcc_pt.sweeps import SweepResult, read_sweep, sweep
 from nvcc_pt.targets import DeviceModel, TargetSpec, get_target, list_targets, register_target
 from nvcc_pt.training import TrainResult, train
 
@@ -44,4 +47,5 @@ __all__ = [
     "FidelityError", "FileWriteError", "InputError", "MappingPolicy", "ModelLoadError", "MappingReport", "NvccPtError", "PassError", "PlanFormatError",
     "TargetError", "TargetSpec", "UnsupportedOpError", "compile", "get_target", "list_targets", "load", "read_onnx_annotations",
     "register_target", "MonteCarloResult", "montecarlo", "TrainResult", "train",
+    "SchedulerError", "SweepError", "SweepResult", "read_sweep", "sweep",
 ]

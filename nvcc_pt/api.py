@@ -354,6 +354,7 @@ def compile(  # noqa: A001 - the name users expect
     duplicate: bool | dict[str, int] = False,
     tokens: int = 1,
     dynamic_shapes=None,
+    captured: tuple | None = None,
 ) -> CompiledModel:
     """Map `model` onto `target` and return a runnable `CompiledModel`.
 
@@ -374,6 +375,8 @@ def compile(  # noqa: A001 - the name users expect
         dynamic_shapes: for models other than causal LMs, which input dimensions vary, in torch.export's own terms
             (`{"x": {0: torch.export.Dim("batch")}}` by argument name, or a tuple by position). Token models get a
             dynamic batch and sequence, other modules a dynamic first dimension where the model allows it.
+        captured: `(cm.plan.exported, cm.plan.capture)` of an earlier compile of the same model with the same
+            inputs and prompt options, to skip capturing it again (a sweep compiles one model for many targets).
 
     Example:
         >>> cm = nvcc_pt.compile(model, target="reram-128x128")
@@ -386,8 +389,8 @@ def compile(  # noqa: A001 - the name users expect
     ctx = PassContext(target=spec, policy=policy, precision=dict(precision or {}),
                       results={"fidelity": fidelity, "seed": seed, "map_dynamic": policy.map_dynamic},
                       duplicate=duplicate, tokens=tokens)
-    exported, info = capture(model, example_inputs, soft_prompt=soft_prompt, constant_prompt=constant_prompt,
-                             dynamic_shapes=dynamic_shapes)
+    exported, info = captured or capture(model, example_inputs, soft_prompt=soft_prompt,
+                                         constant_prompt=constant_prompt, dynamic_shapes=dynamic_shapes)
     gm = exported.module(check_guards=False)
     ctx.results["dead_products"] = drop_dead_code(gm)
     gm = run_pipeline(gm, ctx)

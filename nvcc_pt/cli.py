@@ -14,7 +14,7 @@ from nvcc_pt import validate as check
 from nvcc_pt.errors import NvccPtError
 
 # Modules that add subcommands of their own, imported when the parser is built.
-SUBCOMMAND_MODULES: list[str] = ["nvcc_pt.cli_onnx", "nvcc_pt.prompt.cli"]
+SUBCOMMAND_MODULES: list[str] = ["nvcc_pt.cli_onnx", "nvcc_pt.prompt.cli", "nvcc_pt.cli_sweep"]
 
 
 def _targets(args) -> int:

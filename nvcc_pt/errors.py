@@ -79,3 +79,12 @@ class FileWriteError(NvccPtError, OSError):
 
 class ModelLoadError(NvccPtError, ValueError):
     """A model could not be loaded: a missing package, an incomplete checkpoint, an unknown architecture."""
+
+
+class SweepError(NvccPtError, ValueError):
+    """A design-space sweep was configured wrongly: an unknown grid field, a value out of its bounds, a malformed
+    sweep file, or an output path that holds another sweep's results. Raised before any point is computed."""
+
+
+class SchedulerError(NvccPtError, ConnectionError):
+    """The Dask scheduler of a sweep could not be reached, or the cluster lost its workers."""
