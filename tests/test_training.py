@@ -95,7 +95,7 @@ def test_censored_variation_caps_each_cells_deviation():
 
     from nvcc_pt.prompt.noise import noise_info
 
-    spec, info = noise_info("rram4-128x128")
+    spec, info = noise_info(nvcc_pt.get_target("rram4-128x128").replace(variation="per-cell"))
     levels = torch.randint(0, 2**spec.cell_bits, (2, 4, 16, 16))
     free = program_levels(levels, info, spec.cell_bits, torch.Generator().manual_seed(0))
     capped = program_levels(levels, info, spec.cell_bits, torch.Generator().manual_seed(0), censor=0.5)
