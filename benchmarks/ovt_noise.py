@@ -16,9 +16,9 @@ import argparse
 import json
 
 import torch
+from nvcc_pt.targets import get_target
 
 from nvcc_pt.prompt.noise import read_back_ovt
-from nvcc_pt.targets import get_target
 
 DEVICES = ("rram1", "fefet2", "rram4", "fefet6")
 VARIATIONS = ("per-weight", "per-cell")
