@@ -15,8 +15,9 @@ import argparse
 import json
 import math
 
-from nvcc_pt.prompt.cost import PAPER_CLAIM, retrieval_cost
 from nvcc_pt.targets import get_target
+
+from nvcc_pt.prompt.cost import PAPER_CLAIM, retrieval_cost
 
 TARGETS = {
     "rram1-128x128": lambda: get_target("rram1-128x128"),
@@ -35,7 +36,7 @@ def distance(row: dict) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num-ovts", default="16,64,256,1024", help="bank sizes")
+    p.add_argument("--num-ovts", default="16,64,256,640,1024", help="bank sizes")
     p.add_argument("--hidden", default="576,2048", help="OVT widths: SmolLM2-135M 576, Gemma-2B 2048")
     p.add_argument("--n-virtual", type=int, default=8)
     p.add_argument("--targets", default=",".join(TARGETS))

@@ -2,7 +2,9 @@
 
 Level sigmas are resolved here for the op's cell precision, so a per-layer `cell_bits`
 override meets a state-dependent device model with the right number of levels (and
-fails clearly when the model has fixed levels that do not match).
+fails clearly when the model has fixed levels that do not match). The record also carries the
+variation model (`per-cell` or `per-weight`, docs/devices.md) and its band factor, so a saved plan
+reprograms with the model it was compiled with.
 """
 
 from __future__ import annotations
