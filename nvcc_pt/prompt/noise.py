@@ -3,7 +3,7 @@
 An OVT `[n_virtual, hidden]` is stored like the weight of a mapped linear layer: each virtual
 token is one output channel. `read_back_ovt` quantizes it (`weight_codes`), splits sign and
 bit slices (`levels_of`), programs the cell levels with the target's device
-model (`program_levels`, with the per-level sigmas `annotate_noise` resolves) and reads them back
+model (`program_levels`, with the noise record `annotate_noise` builds) and reads them back
 (`read_back`): the same functions, in the same order and with the same random draws, that
 `targets.simulator.program_state` uses for a compiled layer. Training and the bank thus see one
 noise model.
