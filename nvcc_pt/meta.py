@@ -183,6 +183,10 @@ class Placement:
         return f"{chips}, macros {self.macros[0]}-{self.macros[-1]}, arrays {self.first_array}-{self.first_array + self.arrays - 1}"
 
 
+VARIATIONS = ("per-cell", "per-weight")
+"""How programming variation is drawn (`DeviceModel.variation`; docs/devices.md compares the two)."""
+
+
 @dataclass(frozen=True)
 class NoiseInfo:
     """The device model and parameters an op is programmed with."""
@@ -194,6 +198,11 @@ class NoiseInfo:
     stuck_at_gmin: float = 0.0
     stuck_at_gmax: float = 0.0
     drift_nu: float = 0.0
+    variation: str = "per-cell"
+    """`per-cell` (sigma per cell level, `level_sigmas`) or `per-weight` (the NVCiM-PT authors' group's model,
+    `targets/devices.py`); plans written before the field existed are `per-cell`."""
+    band_factor: float = 1.0
+    """Device factor of `per-weight` variation on weights with |w|/max|W| in (0.25, 0.75)."""
 
 
 @dataclass(frozen=True)

@@ -183,9 +183,10 @@ def check_records(records: dict[str, dict[str, Any]], gm: fx.GraphModule, target
                               f"{target.name}: expected {expected}")
         if len(noise.level_sigmas) != 2 ** prec.cell_bits or min(noise.level_sigmas) < 0 or noise.sigma < 0 \
                 or noise.read_sigma < 0 or noise.drift_nu < 0 \
-                or not (0 <= noise.stuck_at_gmin <= 1 and 0 <= noise.stuck_at_gmax <= 1):
+                or not (0 <= noise.stuck_at_gmin <= 1 and 0 <= noise.stuck_at_gmax <= 1) \
+                or noise.variation not in meta.VARIATIONS or not 0 <= noise.band_factor < math.inf:
             raise _fail(here, f"noise {noise} is out of bounds (sigmas >= 0, {2 ** prec.cell_bits} levels, "
-                              "probabilities in [0, 1])")
+                              f"probabilities in [0, 1], variation one of {meta.VARIATIONS}, band_factor >= 0)")
         place = recs[meta.PLACEMENT]
         if place.arrays < 1 or place.duplicates < 1 or place.first_array < 0 or not place.chips or not place.macros:
             raise _fail(here, f"placement {place} is out of bounds")

@@ -2,7 +2,9 @@
 
 Level sigmas are resolved here for the op's cell precision, so a per-layer `cell_bits`
 override meets a state-dependent device model with the right number of levels (and
-fails clearly when the model has fixed levels that do not match).
+fails clearly when the model has fixed levels that do not match). The record also carries the
+variation model (`per-cell` or `per-weight`, docs/devices.md) and its band factor, so a saved plan
+reprograms with the model it was compiled with.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 from torch import fx
 
 from nvcc_pt import meta
-from nvcc_pt.meta import NoiseInfo
 from nvcc_pt.passmanager import PassContext, PassResult, graph_pass
 
 
@@ -18,10 +19,5 @@ from nvcc_pt.passmanager import PassContext, PassResult, graph_pass
 def annotate_noise(gm: fx.GraphModule, ctx: PassContext) -> PassResult:
     device = ctx.target.device
     for node in ctx.nodes(gm, mapped_only=True):
-        levels = 2 ** node.meta[meta.PRECISION].cell_bits
-        node.meta[meta.NOISE] = NoiseInfo(
-            device=device.name, sigma=device.sigma, level_sigmas=device.level_sigmas(levels),
-            read_sigma=device.read_sigma, stuck_at_gmin=device.stuck_at_gmin, stuck_at_gmax=device.stuck_at_gmax,
-            drift_nu=device.drift_nu,
-        )
+        node.meta[meta.NOISE] = device.noise_record(2 ** node.meta[meta.PRECISION].cell_bits)
     return PassResult(gm, modified=False)

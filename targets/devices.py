@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from nvcc_pt.errors import TargetError
 from nvcc_pt.meta import NoiseInfo
 
 TINY = torch.finfo(torch.float32).tiny
@@ -87,25 +88,41 @@ def levels_of(codes: torch.Tensor, cfg: dict) -> torch.Tensor:
 
 def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, generator: torch.Generator,
                    time_s: float | None = None, g_min_levels: float = 0.0, drift_t0_s: float = 20.0,
-                   censor: float | None = None) -> torch.Tensor:
-    """Levels as the cells hold them `time_s` seconds after programming.
+                   censor: float | None = None,
+                   weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Levels `[P, S, N, K]` as the cells hold them `time_s` seconds after programming.
 
-    Programming variation is Gaussian with a state-dependent sigma (`noise.level_sigmas`, a fraction of the
-    conductance range). Drift (PCM) scales each cell's conductance by `(t/t0)^-nu` with a per-cell `nu`
-    (`g_min_levels` is `G_min` in level steps, since drift acts on the whole conductance). Stuck-at faults
-    are applied last: a stuck cell neither varies nor drifts. `censor` right-censors each cell's Gaussian
-    deviation at `censor` standard deviations (Yan et al., ICCAD 2023), the draws otherwise the same. Draws are made on the CPU in a fixed order
-    (variation, drift, faults) on the generator's device: a CPU generator (the default) gives the same
-    cells whatever device the model runs on; a CUDA one draws much faster, a chip of its own.
+    Programming variation follows `noise.variation`. `per-cell`: Gaussian with a state-dependent sigma
+    (`noise.level_sigmas`, a fraction of the conductance range) on every cell. `per-weight`: one Gaussian
+    deviation per weight (`weight_variation`, which needs `weights`: the integer codes `[N, K]` and
+    per-row scales `[N]` the levels were sliced from), spread over the weight's cells. Drift (PCM) scales
+    each cell's conductance by `(t/t0)^-nu` with a per-cell `nu` (`g_min_levels` is `G_min` in level steps,
+    since drift acts on the whole conductance). Stuck-at faults are applied last: a stuck cell neither
+    varies nor drifts. `censor` right-censors each Gaussian deviation (per cell or per weight) at `censor`
+    standard deviations (Yan et al., ICCAD 2023), the draws otherwise the same. Draws are made in a fixed
+    order (variation, drift, faults) on the generator's device: a CPU generator (the default) gives the
+    same cells whatever device the model runs on; a CUDA one draws much faster, a chip of its own.
+
+    Example:
+        >>> info = get_target("rram1-128x128").device.noise_record(4)
+        >>> program_levels(levels, info, 2, torch.Generator().manual_seed(0), weights=(codes, scale))
     """
     top = 2**cell_bits - 1
     on = generator.device
     cells = levels.detach().to(on)
-    sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32, device=on) * top
-    z = torch.randn(cells.shape, generator=generator, dtype=torch.float32, device=on)
-    if censor is not None:
-        z.clamp_(max=censor)
-    programmed = torch.take(sigmas, cells.long()).mul_(z).add_(cells)
+    if noise.variation == "per-weight":
+        if weights is None:
+            raise TargetError(f"device {noise.device!r} has per-weight variation, which needs the weight codes and "
+                              "scales the levels came from (program_levels(..., weights=(codes, scale)))")
+        codes, scale = (t.detach().to(on) for t in weights)
+        deviation = weight_variation(codes, scale, noise, cell_bits, cells.shape[1], generator, censor)
+        programmed = cells.float() + spread_over_cells(deviation, codes, cells.shape, cell_bits)
+    else:
+        sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32, device=on) * top
+        z = torch.randn(cells.shape, generator=generator, dtype=torch.float32, device=on)
+        if censor is not None:
+            z.clamp_(max=censor)
+        programmed = torch.take(sigmas, cells.long()).mul_(z).add_(cells)
     if noise.drift_nu > 0 and time_s is not None and time_s > drift_t0_s:
         nu = torch.randn(cells.shape, generator=generator, device=on)
         nu = noise.drift_nu * (1 + DRIFT_NU_REL_STD * nu).clamp_(min=0)
@@ -115,6 +132,71 @@ def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, gener
         programmed = torch.where(u < noise.stuck_at_gmin, torch.zeros((), device=on), programmed)
         programmed = torch.where(u > 1 - noise.stuck_at_gmax, torch.full((), float(top), device=on), programmed)
     return programmed.to(levels.device)
+
+
+def per_weight_std(sigma: float, cell_bits: int, slices: int) -> float:
+    """The per-weight model's deviation std as a fraction of max|W| before the band factor and normalisation:
+    `sqrt(sum_i 4^(c i)) / sum_i 2^(c i) * sigma` over `slices` slices of `c`-bit cells.
+
+    This is the NVCiM-PT authors' group's weight noise (Qin et al., NeFT, public code in their NF_Training
+    repository, `src/generate_noise.py`): equal, independent noise of `sigma` on each slice, weighted by the
+    slice's place value and normalised by the place values' sum. 8-bit weights on 2-bit cells (4 slices):
+    `0.778 * sigma`.
+
+    Example:
+        >>> round(per_weight_std(0.1, 2, 4), 4)
+        0.0778
+    """
+    places = [2.0 ** (cell_bits * i) for i in range(slices)]
+    return math.sqrt(sum(p * p for p in places)) / sum(places) * sigma
+
+
+def band_scale(ratio: torch.Tensor, band_factor: float) -> torch.Tensor:
+    """Each weight's multiplier of `per_weight_std` from `ratio = |w| / max|W|`: `s / sqrt(0.4 s^2 + 0.6)` inside
+    the open band (0.25, 0.75), `1 / sqrt(0.4 s^2 + 0.6)` outside it (the group's `s_rate` and normalisation;
+    NF_Training `config.py` gives s = 1, 2, 4, 6 for RRAM1, FeFET2, RRAM4, FeFET6)."""
+    norm = math.sqrt(0.4 * band_factor**2 + 0.6)
+    inside = (ratio > 0.25) & (ratio < 0.75)
+    return torch.where(inside, band_factor / norm, 1.0 / norm).to(torch.float32)
+
+
+def weight_variation(codes: torch.Tensor, scale: torch.Tensor, noise: NoiseInfo, cell_bits: int, slices: int,
+                     generator: torch.Generator, censor: float | None = None) -> torch.Tensor:
+    """One per-weight deviation per code `[N, K]`, in code units (multiply by `scale` for weight units).
+
+    The weights are `w = codes * scale[:, None]` and `max|W|` is over the whole tensor, as the group
+    draws it; one standard normal per weight (right-censored at `censor` when given) times
+    `per_weight_std * max|W| * band_scale`. A row that is all zeros has no conductance scale and keeps its zeros.
+    """
+    w = codes.float() * scale.float()[:, None]
+    top = w.abs().max()
+    z = torch.randn(codes.shape, generator=generator, dtype=torch.float32, device=codes.device)
+    if censor is not None:
+        z.clamp_(max=censor)
+    if float(top) == 0.0:
+        return torch.zeros_like(z)
+    std = per_weight_std(noise.sigma, cell_bits, slices) * top * band_scale(w.abs() / top, noise.band_factor)
+    live = codes.abs().amax(dim=1, keepdim=True) > 0
+    return torch.where(live, z * std / scale.float().clamp_min(TINY)[:, None], torch.zeros((), device=z.device))
+
+
+def spread_over_cells(deviation: torch.Tensor, codes: torch.Tensor, shape: torch.Size, cell_bits: int) -> torch.Tensor:
+    """Per-cell deviations `shape` `[P, S, N, K]` whose shift-and-add read-back is `deviation` `[N, K]` exactly.
+
+    The deviation goes to the cells that hold the weight (the W+ column of a non-negative weight, the W-
+    column of a negative one; the one column of offset encoding), split over the slices in proportion to
+    their place values (the smallest per-cell deviations that sum to it: the MSB cell takes most).
+    """
+    places = slice_places(cell_bits, shape[1], deviation.device)
+    per_slice = places / (places**2).sum()
+    out = torch.zeros(shape, dtype=torch.float32, device=deviation.device)
+    if shape[0] == 2:
+        neg = codes < 0
+        out[0] = torch.where(neg, 0.0, deviation) * per_slice[:, None, None]
+        out[1] = torch.where(neg, -deviation, 0.0) * per_slice[:, None, None]
+    else:
+        out[0] = deviation * per_slice[:, None, None]
+    return out
 
 
 def read_back(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:

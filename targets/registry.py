@@ -98,10 +98,14 @@ register_target(TargetSpec(
 
 
 def _neft_device(name: str, factor: float, sigma: float = 0.1) -> DeviceModel:
-    """The NVCiM-PT authors' variation models: 2-bit cells, the two middle levels' sigma scaled by the
-    device factor and the outer two by 1, all divided by sqrt(0.4 s^2 + 0.6) so the mean variance stays sigma^2."""
+    """The NVCiM-PT authors' variation models (Qin et al., NeFT; public code in their NF_Training repository,
+    `src/generate_noise.py` and `config.py`). By default the group's own per-weight model: the device factor
+    multiplies the noise of weights with |w|/max|W| in (0.25, 0.75), all divided by sqrt(0.4 s^2 + 0.6).
+    `variation="per-cell"` selects the per-cell-level reading of the same factors: the two middle levels'
+    sigma scaled by the factor and the outer two by 1, with the same normalisation."""
     norm = math.sqrt(0.4 * factor**2 + 0.6)
-    return DeviceModel(name, sigma=sigma, level_scale=(1 / norm, factor / norm, factor / norm, 1 / norm))
+    return DeviceModel(name, sigma=sigma, level_scale=(1 / norm, factor / norm, factor / norm, 1 / norm),
+                       variation="per-weight", band_factor=factor)
 
 
 # Device factors s = 1, 4, 2, 6 (rram1, rram4, fefet2, fefet6); sigma 0.1 is NVCiM-PT's main
@@ -110,8 +114,9 @@ for _name, _factor in (("rram1", 1.0), ("rram4", 4.0), ("fefet2", 2.0), ("fefet6
     register_target(TargetSpec(
         name=f"{_name}-128x128", device=_neft_device(_name, _factor), rows=128, cols=128, cell_bits=2,
         weight_bits=8, input_bits=8, dac_bits=8, adc_bits=8, sign="differential",
-        description=f"{_name}: 2-bit cells, state-dependent Gaussian variation, device factor {_factor:g}",
-        source="NVCiM-PT (Qin et al., DATE 2025) device models; sigma 0.1 is the paper's main setting",
+        description=f"{_name}: 2-bit cells, the NeFT group's per-weight Gaussian variation, device factor {_factor:g}",
+        source="NVCiM-PT (Qin et al., DATE 2025) device models as defined in the group's NeFT code "
+               "(NF_Training: src/generate_noise.py, config.py); sigma 0.1 is the paper's main setting",
     ))
 
 # PCM after the statistical model of Joshi et al., Nature Communications 11, 2473 (2020),

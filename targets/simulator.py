@@ -161,7 +161,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         span = device_model.g_max_us - device_model.g_min_us
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
     programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index, draw_device), time_s,
-                                g_min, t0, censor)
+                                g_min, t0, censor, weights=(state._codes[1], scale))
     _store(state, "weight", (read_back(programmed, cfg) * scale[:, None]).to(source.dtype))
     if fidelity in CROSSBAR:
         _store(state, "levels", crossbar_levels(programmed, cfg))

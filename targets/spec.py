@@ -15,6 +15,7 @@ from nvcc_pt.targets.costs import ComponentCosts
 
 from nvcc_pt import validate as check
 from nvcc_pt.errors import TargetError
+from nvcc_pt.meta import VARIATIONS, NoiseInfo
 
 SIGN_ENCODINGS = ("differential", "offset")
 ADC_RANGES = ("full-scale", "calibrated")
@@ -47,8 +48,18 @@ MAX_DRIFT_NU = 1.0
 class DeviceModel:
     """How a cell's programmed conductance departs from its target level.
 
-    Variation is expressed in units of the conductance range `g_max - g_min`: a cell
-    programmed to level `l` reads back `l/(L-1) + sigma * level_scale[l] * z` with `z ~ N(0, 1)`.
+    Two variation models (`variation`, docs/devices.md):
+
+    - `per-cell`: variation is expressed in units of the conductance range `g_max - g_min`: a cell
+      programmed to level `l` reads back `l/(L-1) + sigma * level_scale[l] * z` with `z ~ N(0, 1)`.
+    - `per-weight`: the model of the NVCiM-PT authors' group (Qin et al., "NeFT: Negative Feedback
+      Training", public code in their NF_Training repository, `src/generate_noise.py`): each weight `w`
+      of a tensor `W` gets one Gaussian deviation of std `sqrt(sum_i 4^(c i)) / sum_i 2^(c i) * sigma *
+      max|W|` over its slices `i` of `c`-bit cells, times `band_factor` when `|w| / max|W|` lies in
+      (0.25, 0.75), all divided by `sqrt(0.4 band_factor^2 + 0.6)` (`devices.weight_variation`).
+
+    Example:
+        >>> DeviceModel("rram4", sigma=0.1, variation="per-weight", band_factor=4.0)
     """
 
     name: str
@@ -71,6 +82,10 @@ class DeviceModel:
     """Lowest programmable conductance, microsiemens; finite and >= 0."""
     g_max_us: float = 25.0
     """Highest programmable conductance, microsiemens; finite and above `g_min_us`."""
+    variation: str = "per-cell"
+    """`per-cell` (sigma per cell level, `level_scale`) or `per-weight` (per weight by its |w|/max|W| band)."""
+    band_factor: float = 1.0
+    """`per-weight` only: the device factor `s` (0 to 100) on weights with |w|/max|W| in (0.25, 0.75)."""
 
     def __post_init__(self) -> None:
         where = f"device {self.name!r}" if isinstance(self.name, str) else "device"
@@ -87,6 +102,9 @@ class DeviceModel:
                                                         error=TargetError))
         object.__setattr__(self, "g_max_us", check.real("g_max_us", self.g_max_us, lo=0.0, where=where,
                                                         error=TargetError))
+        check.choice("variation", self.variation, VARIATIONS, where=where, error=TargetError)
+        object.__setattr__(self, "band_factor", check.real("band_factor", self.band_factor, lo=0.0,
+                                                           hi=MAX_LEVEL_SCALE, where=where, error=TargetError))
         if self.g_max_us <= self.g_min_us:
             raise TargetError(f"{where}: g_max_us={self.g_max_us} must exceed g_min_us={self.g_min_us}")
         if self.level_scale is not None:
@@ -106,6 +124,18 @@ class DeviceModel:
                 "set cell_bits to match or give level_scale=None"
             )
         return tuple(self.sigma * s for s in self.level_scale)
+
+    def noise_record(self, levels: int) -> NoiseInfo:
+        """The `NoiseInfo` an op whose cells have `levels` levels is programmed with.
+
+        Example:
+            >>> get_target("rram1-128x128").device.noise_record(4).variation
+            'per-weight'
+        """
+        return NoiseInfo(device=self.name, sigma=self.sigma, level_sigmas=self.level_sigmas(levels),
+                         read_sigma=self.read_sigma, stuck_at_gmin=self.stuck_at_gmin,
+                         stuck_at_gmax=self.stuck_at_gmax, drift_nu=self.drift_nu, variation=self.variation,
+                         band_factor=self.band_factor)
 
 
 @dataclass(frozen=True)

@@ -126,14 +126,14 @@ def test_retrieval_accuracy_falls_as_sigma_grows():
     truth = [i % 8 for i in range(64)]
     queries = [bank.get(f"d{d}") + 4.0 * torch.randn(8, 32, generator=g) for d in truth]
     acc = {}
-    for sigma in (0.0, 0.1, 0.3):
+    for sigma in (0.0, 0.2, 0.5):  # the group's per-weight model is about half the per-cell one's noise
         cb = bank.compile("fefet6-128x128", sigma=sigma)
         hits = []
         for seed in range(3):
             idx, _ = cb.program(seed).search(queries)
             hits.append(sum(i == t for i, t in zip(idx, truth)) / len(truth))
         acc[sigma] = sum(hits) / len(hits)
-    assert acc[0.0] > acc[0.1] > acc[0.3]
+    assert acc[0.0] > acc[0.2] > acc[0.5]
     # The OVT that is used is the one read back from the cells.
     cb = bank.compile("fefet6-128x128", sigma=0.1)
     stored = cb.read_back()

@@ -3,9 +3,11 @@
 Modules: `soft_prompt` (SoftPromptLM, PEFT import/export), `selection` (buffer, k-means, representatives),
 `noise` (device noise on OVTs through the simulator's programming path), `training` (noise-aware
 prompt tuning, prediction), `ssa` (scaled search), `bank` (OVT bank on crossbars), `lamp` / `metrics` /
-`synthetic` (data), `harness` (evaluation), `cli` (`nvcc-pt nvcimpt`).
+`synthetic` (data), `harness` (evaluation), `cost` (a retrieval's energy and latency against a CPU),
+`cli` (`nvcc-pt nvcimpt`).
 """
 
+from nvcc_pt.prompt.cost import retrieval_cost
 from nvcc_pt.prompt.soft_prompt import SoftPromptLM, run_with_prompt
 
-__all__ = ["SoftPromptLM", "run_with_prompt"]
+__all__ = ["SoftPromptLM", "retrieval_cost", "run_with_prompt"]

@@ -17,7 +17,7 @@ def _eval(args) -> int:
 
     from nvcc_pt.errors import InputError
     from nvcc_pt.prompt.harness import EvalConfig, evaluate
-    from nvcc_pt.prompt.lamp import load_lamp
+    from nvcc_pt.prompt.lamp import load_lamp, query_domains
 
     if not Path(args.model).is_dir():
         raise InputError(f"--model {args.model!r} is not a directory; give a local Hugging Face checkpoint directory")
@@ -30,8 +30,11 @@ def _eval(args) -> int:
                      crossbar=args.crossbar, n_virtual=args.n_virtual, buffer_size=args.buffer_size,
                      max_buffers=args.max_buffers, n_clusters=args.clusters, per_cluster=args.per_cluster,
                      steps=args.steps, lr=args.lr, train_sigma=args.train_sigma, censor=args.censor, seed=args.seed)
-    res = evaluate(model, tokenizer, dataset, cfg)
+    domains = query_domains(dataset)  # retrieval accuracy needs each query's true domain
+    res = evaluate(model, tokenizer, dataset, cfg, query_domains=domains)
     print(res.to_text())
+    if domains is None:
+        print("\nretrieval accuracy not measured: the questions carry no 'domain' field (LaMP's do not)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res.to_json(out / "eval.json")

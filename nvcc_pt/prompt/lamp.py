@@ -97,6 +97,8 @@ class LampQuery:
     input: str
     output: str | None
     profile: tuple[Example, ...]
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+    """The question record's other fields (LaMP has none; generated data adds `domain`)."""
 
 
 @dataclass
@@ -200,8 +202,21 @@ def load_lamp(questions: str | Path, outputs: str | Path | None = None, task: in
         if outputs is not None and qid not in golds:
             raise DataError(f"{where}: question id {qid!r} has no gold output in {outputs}")
         queries.append(LampQuery(qid, _text(q["input"], "input", where), golds.get(qid),
-                                 tuple(profile_example(spec, it, f"{where} (id {qid!r})") for it in profile)))
+                                 tuple(profile_example(spec, it, f"{where} (id {qid!r})") for it in profile),
+                                 {k: v for k, v in q.items() if k not in ("id", "input", "profile")}))
     return LampDataset(spec, queries)
+
+
+def query_domains(dataset: LampDataset) -> dict[str, object] | None:
+    """The true domain of each query whose record carries a `domain` field (generated data does; LaMP does not),
+    for measuring retrieval; None when no query carries one.
+
+    Example:
+        >>> query_domains(load_lamp("questions.json", "outputs.json"))
+        {'0-q0': 1, '0-q1': 0, ...}
+    """
+    found = {q.id: q.meta["domain"] for q in dataset.queries if "domain" in q.meta}
+    return found or None
 
 
 def write_lamp(dataset: LampDataset, questions: str | Path, outputs: str | Path, *, profile_items: list[list[dict]]
@@ -215,7 +230,7 @@ def write_lamp(dataset: LampDataset, questions: str | Path, outputs: str | Path,
         else:
             profile = [{"id": e.id, **({task.profile_input[0]: e.input} if task.profile_input else {}),
                         task.profile_output: e.output, **e.meta} for e in q.profile]
-        qdoc.append({"id": q.id, "input": q.input, "profile": profile})
+        qdoc.append({**q.meta, "id": q.id, "input": q.input, "profile": profile})
     odoc = {"task": f"LaMP_{task.task_id}", "golds": [{"id": q.id, "output": q.output} for q in dataset.queries]}
     write_text(questions, json.dumps(qdoc, indent=1), "LaMP questions file")
     write_text(outputs, json.dumps(odoc, indent=1), "LaMP outputs file")

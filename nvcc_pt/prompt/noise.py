@@ -1,9 +1,9 @@
 """Device noise on soft prompts, drawn through the simulator's own programming path.
 
 An OVT `[n_virtual, hidden]` is stored like the weight of a mapped linear layer: each virtual
-token is one output channel. `read_back_ovt` quantizes it (`quantize_weight`), splits sign and
-bit slices (`magnitudes`, `slice_levels`), programs the cell levels with the target's device
-model (`program_levels`, with the per-level sigmas `annotate_noise` resolves) and reads them back
+token is one output channel. `read_back_ovt` quantizes it (`weight_codes`), splits sign and
+bit slices (`levels_of`), programs the cell levels with the target's device
+model (`program_levels`, with the noise record `annotate_noise` builds) and reads them back
 (`read_back`): the same functions, in the same order and with the same random draws, that
 `targets.simulator.program_state` uses for a compiled layer. Training and the bank thus see one
 noise model.
@@ -12,7 +12,8 @@ noise model.
 passes straight through to the clean OVT (straight-through estimator), so every step trains the
 OVT on a fresh device instance. `censor` right-censors the Gaussian deviation of each cell at
 `censor` standard deviations (the option the NVCiM-PT authors' group trains with), leaving the
-draws otherwise identical.
+draws otherwise identical. The variation model is the target's (`DeviceModel.variation`): on the
+NVCiM-PT presets, the group's per-weight model, with `max|W|` taken over the OVT.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 from nvcc_pt.meta import NoiseInfo
 from nvcc_pt.targets import TargetSpec, get_target
-from nvcc_pt.targets.simulator import magnitudes, program_levels, quantize_weight, read_back, slice_levels
+from nvcc_pt.targets.devices import levels_of, program_levels, read_back, weight_codes
 
 
 def noise_info(target: str | TargetSpec, sigma: float | None = None) -> tuple[TargetSpec, NoiseInfo]:
@@ -31,32 +32,27 @@ def noise_info(target: str | TargetSpec, sigma: float | None = None) -> tuple[Ta
     spec = get_target(target)
     if sigma is not None:
         spec = spec.replace(sigma=sigma)
-    dev = spec.device
-    info = NoiseInfo(device=dev.name, sigma=dev.sigma, level_sigmas=dev.level_sigmas(spec.levels),
-                     read_sigma=dev.read_sigma, stuck_at_gmin=dev.stuck_at_gmin, stuck_at_gmax=dev.stuck_at_gmax,
-                     drift_nu=dev.drift_nu)
-    return spec, info
+    return spec, spec.device.noise_record(spec.levels)
 
 
 def read_back_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.Generator, *, sigma: float | None = None,
                   censor: float | None = None) -> torch.Tensor:
-    """`ovt` `[n_virtual, hidden]` as a programmed crossbar reads it back (device variation from `generator`)."""
+    """`ovt` `[n_virtual, hidden]` as a programmed crossbar reads it back (device variation from `generator`).
+
+    Example:
+        >>> noisy = read_back_ovt(ovt, "rram1-128x128", torch.Generator().manual_seed(0), sigma=0.1)
+    """
     check.finite_tensor("ovt", ovt, where="read_back_ovt")
     check.instance("generator", generator, torch.Generator, where="read_back_ovt")
     check.optional_real("censor", censor, lo=0.0, lo_open=True, where="read_back_ovt")
     if ovt.dim() != 2:
         raise InputError(f"an OVT must be [n_virtual, hidden]; got shape {tuple(ovt.shape)}")
     spec, info = noise_info(target, sigma)
-    w = ovt.detach().float().cpu()
-    wq, scale = quantize_weight(w, spec.weight_bits)
-    levels = slice_levels(magnitudes(wq, spec.sign, spec.weight_bits), spec.cell_bits, spec.num_slices())
-    levels = levels.transpose(0, 1)  # [P, S, N, K], the order program_state draws in
-    programmed = program_levels(levels, info, spec.cell_bits, generator)
-    if censor is not None:
-        top = 2**spec.cell_bits - 1
-        sig = torch.tensor(info.level_sigmas, dtype=torch.float32)[levels.long()] * top
-        programmed = levels + torch.minimum(programmed - levels, censor * sig)
-    cfg = {"cell_bits": spec.cell_bits, "sign": spec.sign, "weight_bits": spec.weight_bits}
+    cfg = {"cell_bits": spec.cell_bits, "sign": spec.sign, "weight_bits": spec.weight_bits,
+           "slices": spec.num_slices()}
+    codes, scale = weight_codes(ovt.detach().float().cpu(), cfg)
+    levels = levels_of(codes, cfg)  # [P, S, N, K], the order program_state draws in
+    programmed = program_levels(levels, info, spec.cell_bits, generator, censor=censor, weights=(codes, scale))
     return (read_back(programmed, cfg) * scale[:, None]).to(ovt.dtype).to(ovt.device)
 
 

@@ -100,7 +100,8 @@ class SyntheticWorld:
         queries = []
         for u, user in enumerate(self.users):
             profile = tuple(Example(e.input, e.output, f"{u}-h{i}", {"domain": d}) for i, (d, e) in enumerate(user["history"]))
-            queries += [LampQuery(f"{u}-q{i}", e.input, e.output, profile) for i, (d, e) in enumerate(user["queries"])]
+            queries += [LampQuery(f"{u}-q{i}", e.input, e.output, profile, {"domain": d})
+                        for i, (d, e) in enumerate(user["queries"])]
         return LampDataset(self.task, queries)
 
     def query_domains(self) -> dict[str, int]:
