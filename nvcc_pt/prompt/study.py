@@ -61,8 +61,8 @@ class StudyConfig:
     clusters: int = 2
     per_cluster: int = 5
     n_virtual: int = 8
-    steps: int = 60
-    lr: float = 0.1
+    steps: int = 40
+    lr: float = 0.03
     batch_size: int = 4
     train_sigma: float = 0.1
     crossbar: str = "128x128"

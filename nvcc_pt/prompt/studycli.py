@@ -14,8 +14,8 @@ import time
 
 from nvcc_pt import validate as check
 
-REDUCED = {"devices": "rram1", "seeds": "0", "chips": 2, "users": 2, "queries_per_user": 8, "buffers": 1,
-           "steps": 24, "batch_size": 2, "lr": 0.3}
+REDUCED = {"devices": "rram1", "seeds": "0", "chips": 2, "users": 2, "queries_per_user": 12, "buffers": 1,
+           "steps": 24, "batch_size": 2}
 """The reduced run for two CPU cores: one device, one seed, two chips, two users with one buffer each."""
 
 
@@ -44,9 +44,13 @@ def run(args) -> int:
                       clusters=args.clusters, per_cluster=args.per_cluster, n_virtual=args.n_virtual,
                       steps=args.steps, lr=args.lr, batch_size=args.batch_size, train_sigma=args.train_sigma,
                       crossbar=args.crossbar, data_seed=args.data_seed, embedder=args.embedder, kpp=args.kpp)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     t0 = time.time()
     points = run_study(cfg, args.out, device=args.device, progress=not args.no_progress)
-    command = command_for(cfg, args.out, args.device)
+    command = command_for(cfg, args.out, args.device) + (f" --threads {args.threads}" if args.threads else "")
 
     table = write_report(points, asdict(cfg), args.out, command=command, wall_s=time.time() - t0)
     print(table)
@@ -55,7 +59,7 @@ def run(args) -> int:
 
 
 STUDY_DEFAULTS = {"devices": "rram1,fefet2,rram4,fefet6", "seeds": "0,1,2", "chips": 10, "users": 6,
-                  "queries_per_user": 16, "buffers": 2, "steps": 60, "batch_size": 4, "lr": 0.1}
+                  "queries_per_user": 16, "buffers": 2, "steps": 40, "batch_size": 4}
 
 
 def add_study_parser(sub) -> None:
@@ -80,7 +84,7 @@ def add_study_parser(sub) -> None:
     s.add_argument("--per-cluster", type=check.arg_positive, default=5)
     s.add_argument("--n-virtual", type=check.arg_positive, default=8)
     s.add_argument("--steps", type=check.arg_count, default=d["steps"], help="batched prompt-tuning steps per OVT set")
-    s.add_argument("--lr", type=check.arg_positive_real, default=d["lr"], help="Adam step relative to the embeddings' RMS")
+    s.add_argument("--lr", type=check.arg_positive_real, default=0.03, help="Adam step relative to the embeddings' RMS")
     s.add_argument("--batch-size", type=check.arg_positive, default=d["batch_size"], help="samples per OVT per step")
     s.add_argument("--train-sigma", type=check.arg_real, default=0.1)
     s.add_argument("--crossbar", default="128x128")
@@ -89,6 +93,8 @@ def add_study_parser(sub) -> None:
     s.add_argument("--embedder", choices=("minilm", "lm"), default="minilm",
                    help="sentence embedder of representative selection: all-MiniLM-L6-v2, or the LM's mean input embedding")
     s.add_argument("--device", default="cpu", help="torch device of the LM: cpu or cuda")
+    s.add_argument("--threads", type=check.arg_positive, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is much faster on cores that other jobs share)")
     s.add_argument("--reduced", action="store_true", help="the small two-core configuration (one device, one seed)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--out", default="results/nvcimpt")

@@ -112,7 +112,9 @@ def criteria(points: list[dict], rows: list[dict]) -> list[dict]:
             add("plain OVT loses >= 1/3 of that gain at sigma 0.1", m >= 1 / 3,
                 f"share lost {m:.2f} on average ({', '.join(f'{d} {v:.2f}' for d, v in lost.items())})")
         else:
-            add("plain OVT loses >= 1/3 of that gain at sigma 0.1", None, "no sigma 0.1 points or no clean gain")
+            add("plain OVT loses >= 1/3 of that gain at sigma 0.1", None,
+                "no sigma 0.1 points" if not any(_row(rows, "rep-pt-mips", d, 0.1) for d in devices)
+                else "the clean plain OVT gains nothing over no prompt, so there is no gain to lose")
     else:
         add("clean prompt tuning >= 15 points above no prompt", None, "needs sigma 0 and the no-prompt method")
     gaps = {d: gap(points, "nvcimpt", "rep-pt-mips", d, 0.1) for d in devices}
