@@ -215,3 +215,20 @@ def test_study_config_refuses_bad_values():
         StudyConfig(devices=("rram9",))
     assert StudyConfig().fingerprint() == StudyConfig(devices=("rram1",), seeds=(5,)).fingerprint()
     assert StudyConfig().fingerprint() != StudyConfig(steps=7).fingerprint()
+
+
+def test_reduced_and_full_configurations_and_their_cost():
+    from nvcc_pt.cli import build_parser
+    from nvcc_pt.prompt.study import cost
+    from nvcc_pt.prompt.studycli import config_from_args
+
+    full = config_from_args(build_parser().parse_args(["nvcimpt", "study"]))
+    assert full.devices == ("rram1", "fefet2", "rram4", "fefet6") and full.seeds == (0, 1, 2) and full.chips >= 10
+    assert full.sigmas == (0.0, 0.025, 0.05, 0.075, 0.1, 0.125) and full.methods == tuple(METHODS)
+    c = cost(full)
+    assert c["points"] == 6 * 4 * 6 * 3
+    # per seed: 6 users x 2 buffers (one OVT each), x 2 domains plain, x 2 domains x 4 devices noise-aware
+    assert c["ovts"] == 3 * (12 + 24 + 24 * 4) and c["train_steps"] == 3 * 6 * full.steps
+    reduced = config_from_args(build_parser().parse_args(["nvcimpt", "study", "--reduced", "--chips", "3"]))
+    assert reduced.devices == ("rram1",) and reduced.seeds == (0,) and reduced.chips == 3  # an explicit option wins
+    assert cost(reduced)["points"] == 6 * 6

@@ -5,7 +5,7 @@ each training seed, device and sigma (0 is the control without variation), on `c
 instances. One *point* is (method, device, sigma, seed) and holds the accuracy (and retrieval accuracy)
 of each chip; points are appended to `points.jsonl` as soon as they are measured, and a re-run with the
 same configuration skips the finished ones. Trained OVTs are saved per configuration, seed and OVT set
-under `ovts/`, so a resumed run does not train again.
+under `ovts/`, so a resumed run does not train again. `runs.jsonl` records each run's wall and CPU time.
 
 What is trained, per seed (each user's newest `buffers` buffers of `buffer_size` history items):
 `buffer/plain` one OVT per buffer; `representative/plain` one per k-means domain of a buffer, on its
@@ -309,6 +309,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, backbone=None, embedder=None
 
     `embedder` (a callable list[str] -> Tensor [n, d]) replaces the configuration's sentence embedder.
     """
+    t_start, cpu_start = time.time(), time.process_time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fp = cfg.fingerprint()
@@ -344,7 +345,12 @@ def run_study(cfg: StudyConfig, out: str | Path, *, backbone=None, embedder=None
                 points += new
                 bar.update(1)
                 bar.set_postfix(device=d, sigma=sg, seed=s)
-    log(f"measured {len(groups)} (device, sigma, seed) groups in {time.time() - t0:.0f} s "
-        f"(this process's CPU time so far {time.process_time():.0f} s)")
+    wall, cpu = time.time() - t_start, time.process_time() - cpu_start
+    log(f"measured {len(groups)} (device, sigma, seed) groups in {time.time() - t0:.0f} s; this run {wall:.0f} s "
+        f"wall, {cpu:.0f} s CPU")
+    with (out / "runs.jsonl").open("a", encoding="utf-8") as f:  # what each (resumed) run cost
+        f.write(json.dumps({"groups": len(groups), "points": len(points), "wall_s": round(wall, 1),
+                            "cpu_s": round(cpu, 1), "device": device, "torch_threads": torch.get_num_threads(),
+                            "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}) + "\n")
     return [p for p in points if p["method"] in cfg.methods and p["device"] in cfg.devices
             and p["sigma"] in cfg.sigmas and p["seed"] in cfg.seeds]

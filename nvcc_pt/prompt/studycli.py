@@ -14,7 +14,7 @@ import time
 
 from nvcc_pt import validate as check
 
-REDUCED = {"devices": "rram1", "seeds": "0", "chips": 2, "users": 2, "queries_per_user": 12, "buffers": 1,
+REDUCED = {"devices": "rram1", "seeds": (0,), "chips": 2, "users": 2, "queries_per_user": 12, "buffers": 1,
            "steps": 24, "batch_size": 2}
 """The reduced run for two CPU cores: one device, one seed, two chips, two users with one buffer each."""
 
@@ -27,23 +27,30 @@ def _seeds(text: str) -> tuple[int, ...]:
     return tuple(check.arg_seed(t) for t in text.split(","))
 
 
-def run(args) -> int:
-    """Run the study of the parsed `args` and print its table and criteria."""
-    from dataclasses import asdict
-
-    from nvcc_pt.prompt.study import StudyConfig, command_for, run_study
-    from nvcc_pt.prompt.studyreport import write_report
+def config_from_args(args):
+    """The `StudyConfig` of parsed arguments; `--reduced` sets `REDUCED` where the option was left at its default."""
+    from nvcc_pt.prompt.study import StudyConfig
 
     if args.reduced:
         for k, v in REDUCED.items():
             if getattr(args, k) == STUDY_DEFAULTS[k]:
                 setattr(args, k, v)
-    cfg = StudyConfig(model=args.model, task=args.task, devices=_names(args.devices), sigmas=args.sigmas,
-                      methods=_names(args.methods), chips=args.chips, seeds=_seeds(str(args.seeds)), users=args.users,
-                      queries_per_user=args.queries_per_user, buffers=args.buffers, buffer_size=args.buffer_size,
-                      clusters=args.clusters, per_cluster=args.per_cluster, n_virtual=args.n_virtual,
-                      steps=args.steps, lr=args.lr, batch_size=args.batch_size, train_sigma=args.train_sigma,
-                      crossbar=args.crossbar, data_seed=args.data_seed, embedder=args.embedder, kpp=args.kpp)
+    return StudyConfig(model=args.model, task=args.task, devices=_names(args.devices), sigmas=args.sigmas,
+                       methods=_names(args.methods), chips=args.chips, seeds=args.seeds, users=args.users,
+                       queries_per_user=args.queries_per_user, buffers=args.buffers, buffer_size=args.buffer_size,
+                       clusters=args.clusters, per_cluster=args.per_cluster, n_virtual=args.n_virtual,
+                       steps=args.steps, lr=args.lr, batch_size=args.batch_size, train_sigma=args.train_sigma,
+                       crossbar=args.crossbar, data_seed=args.data_seed, embedder=args.embedder, kpp=args.kpp)
+
+
+def run(args) -> int:
+    """Run the study of the parsed `args` and print its table and criteria."""
+    from dataclasses import asdict
+
+    from nvcc_pt.prompt.study import command_for, run_study
+    from nvcc_pt.prompt.studyreport import write_report
+
+    cfg = config_from_args(args)
     if args.threads:
         import torch
 
@@ -58,7 +65,7 @@ def run(args) -> int:
     return 0
 
 
-STUDY_DEFAULTS = {"devices": "rram1,fefet2,rram4,fefet6", "seeds": "0,1,2", "chips": 10, "users": 6,
+STUDY_DEFAULTS = {"devices": "rram1,fefet2,rram4,fefet6", "seeds": (0, 1, 2), "chips": 10, "users": 6,
                   "queries_per_user": 16, "buffers": 2, "steps": 40, "batch_size": 4}
 
 
@@ -75,7 +82,7 @@ def add_study_parser(sub) -> None:
     s.add_argument("--sigmas", type=check.arg_reals, default=(0.0, 0.025, 0.05, 0.075, 0.1, 0.125))
     s.add_argument("--methods", default=",".join(METHODS))
     s.add_argument("--chips", type=check.arg_positive, default=d["chips"], help="programmed chips per point")
-    s.add_argument("--seeds", default=d["seeds"], help="training seeds, comma-separated")
+    s.add_argument("--seeds", type=_seeds, default=d["seeds"], help="training seeds, comma-separated")
     s.add_argument("--users", type=check.arg_positive, default=d["users"])
     s.add_argument("--queries-per-user", type=check.arg_positive, default=d["queries_per_user"])
     s.add_argument("--buffers", type=check.arg_positive, default=d["buffers"])

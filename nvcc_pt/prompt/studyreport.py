@@ -220,14 +220,25 @@ def plot(rows: list[dict], path: Path, metric: str = "accuracy") -> None:
 
 
 def write_report(points: list[dict], cfg: dict, out: str | Path, *, command: str = "", wall_s: float | None = None) -> str:
-    """Write `results.json`, `table.md`, `plot.png`/`.svg` and `command.txt` into `out`; returns the table."""
+    """Write `results.json`, `table.md`, `plot.png`/`.svg` and `command.txt` into `out`; returns the table.
+
+    The wall and CPU time of the runs that measured the points come from `out/runs.jsonl` when it is there.
+    """
     out = Path(out)
     rows = summarize(points, cfg.get("kpp", 10.0))
     crits = criteria(points, rows)
     paper = paper_rows(points, rows)
     table = markdown(rows, crits, cfg, paper)
+    runs = []
+    if (out / "runs.jsonl").is_file():
+        runs = [json.loads(line) for line in (out / "runs.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    measured = sum(r["wall_s"] for r in runs if r.get("groups"))
+    if runs:
+        table += (f"\nMeasured in {measured:.0f} s wall ({sum(r['cpu_s'] for r in runs if r.get('groups')):.0f} s CPU) "
+                  f"over {sum(1 for r in runs if r.get('groups'))} run(s) on {runs[-1]['device']}, "
+                  f"{runs[-1]['torch_threads']} torch thread(s) (`runs.jsonl`).\n")
     doc = {"config": cfg, "rows": rows, "criteria": crits, "paper": {"claim": PAPER, "this_study": paper},
-           "wall_s": wall_s, "command": command, "ci": "95% percentile bootstrap over chips x seeds (2000 resamples)"}
+           "wall_s": wall_s, "measured_wall_s": measured, "runs": runs, "command": command, "ci": "95% percentile bootstrap over chips x seeds (2000 resamples)"}
     write_text(out / "results.json", json.dumps(doc, indent=1), "results")
     write_text(out / "table.md", table, "table")
     if command:
