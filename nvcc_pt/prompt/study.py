@@ -260,6 +260,27 @@ class Study:
         return self._no_prompt
 
 
+def estimate(study: Study, c: dict, n: int = 16) -> tuple[float, float]:
+    """Seconds the LM needs for the study's training and evaluation sequences, from one timed batch of `n` of each."""
+    bb = study.bb
+    texts = (study.texts * n)[:n]
+    prompts = torch.zeros(n, study.cfg.n_virtual, bb.hidden, device=bb.device, requires_grad=True)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        if bb.device.type == "cuda":
+            torch.cuda.synchronize(bb.device)
+        t = time.perf_counter()
+        fn()
+        if bb.device.type == "cuda":
+            torch.cuda.synchronize(bb.device)
+        return time.perf_counter() - t
+
+    train = timed(lambda: bb.logits(texts, prompts).sum().backward())
+    evaluate = timed(lambda: bb.classify(texts, prompts.detach()))
+    return c["train_sequences"] / n * train, c["eval_sequences"] / n * evaluate
+
+
 def command_for(cfg: StudyConfig, out: str | Path, device: str = "cpu") -> str:
     """The `nvcc-pt nvcimpt study` command line that runs `cfg` into `out`."""
     import shlex
@@ -333,6 +354,9 @@ def run_study(cfg: StudyConfig, out: str | Path, *, backbone=None, embedder=None
 
         backbone = load_backbone(cfg.model, data.labels, device)
     study = Study(cfg, backbone, data, out, embedder=embedder, progress=progress)
+    lm_train, lm_eval = estimate(study, c)
+    log(f"estimated LM time: training {lm_train / 60:.1f} min, evaluation at most {lm_eval / 60:.1f} min "
+        "(from one timed batch; the simulator's programming and search come on top)")
     t0 = time.time()
     with tqdm(total=len(groups), desc="points (device, sigma, seed)", disable=not progress) as bar:
         for seed in sorted({s for s, _, _ in groups}):
