@@ -125,8 +125,12 @@ def test_tiny_study_runs_reports_and_resumes(tmp_path, monkeypatch, one_thread):
     def no_training(*a, **k):
         raise AssertionError("a resumed run must load its OVTs, not train them again")
 
+    def no_embedder(texts):
+        raise AssertionError("a resumed run must read its representative selection, not select again")
+
     monkeypatch.setattr("nvcc_pt.prompt.backbone.Backbone.train_ovts", no_training)
-    again = run_study(cfg, tmp_path, embedder=_bow, progress=False, log=lambda *_: None)
+    assert len(list((tmp_path / "selection").glob("*.json"))) == 1
+    again = run_study(cfg, tmp_path, embedder=no_embedder, progress=False, log=lambda *_: None)
     assert len(jsonl.read_text().splitlines()) == len(lines)  # only the lost points were measured again
     key = {(p["method"], p["sigma"]): p["values"] for p in points}
     assert {(p["method"], p["sigma"]): p["values"] for p in again} == key  # the same numbers
@@ -232,3 +236,17 @@ def test_reduced_and_full_configurations_and_their_cost():
     reduced = config_from_args(build_parser().parse_args(["nvcimpt", "study", "--reduced", "--chips", "3"]))
     assert reduced.devices == ("rram1",) and reduced.seeds == (0,) and reduced.chips == 3  # an explicit option wins
     assert cost(reduced)["points"] == 6 * 6
+
+
+@needs_wordnet
+def test_prepare_only_writes_data_and_selection_without_the_model(tmp_path, monkeypatch):
+    def no_model(*a, **k):
+        raise AssertionError("preparing needs no model")
+
+    monkeypatch.setattr("nvcc_pt.prompt.backbone.load_backbone", no_model)
+    cfg = StudyConfig(**TINY)
+    assert run_study(cfg, tmp_path, embedder=_bow, prepare_only=True, log=lambda *_: None) == []
+    assert (tmp_path / "data" / "questions.json").is_file() and (tmp_path / "data" / "labels.json").is_file()
+    saved = json.loads(next((tmp_path / "selection").glob("*.json")).read_text())
+    assert len(saved["representative"]) == 2 * 2 * 2  # users x buffers x clusters
+    assert not (tmp_path / "points.jsonl").exists()

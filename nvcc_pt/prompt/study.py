@@ -141,12 +141,48 @@ def _domains_of(examples) -> list[str]:
     return sorted({d for d in doms if d is not None and doms.count(d) * 3 >= len(doms)})
 
 
+def select_groups(cfg: StudyConfig, data, out: str | Path, embedder=None) -> dict[str, list[tuple[int, list]]]:
+    """Each user's buffers and their representative domains, `{"buffer": [(user, examples)], "representative": ...}`.
+
+    The choice is saved in `out/selection/<fingerprint>.json` (history ids) and read from there on the next run,
+    so a resumed run (or one on a machine without the sentence embedder) selects nothing again.
+    """
+    from nvcc_pt.prompt.selection import select_representatives
+
+    cache = Path(out) / "selection" / f"{cfg.fingerprint()}.json"
+    saved = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else None
+    users: dict[tuple, int] = {}
+    for q in data.dataset.queries:
+        users.setdefault(q.profile, len(users))
+    groups: dict[str, list[tuple[int, list]]] = {"buffer": [], "representative": []}
+    for profile, u in users.items():
+        history = list(profile)[-cfg.buffers * cfg.buffer_size:]
+        for b in range(0, len(history), cfg.buffer_size):
+            buf = history[b:b + cfg.buffer_size]
+            if len(buf) >= cfg.clusters:
+                groups["buffer"].append((u, buf))
+                if saved is None:
+                    for dom in select_representatives(buf, cfg.clusters, cfg.per_cluster, embedder=embedder,
+                                                      seed=cfg.data_seed):
+                        groups["representative"].append((u, list(dom.examples)))
+    if not groups["buffer"]:
+        raise DataError(f"no user history holds a buffer of {cfg.buffer_size} items; generate longer histories")
+    if saved is not None:
+        try:
+            hist = {u: {e.id: e for e in p} for p, u in users.items()}
+            groups["representative"] = [(u, [hist[u][i] for i in ids]) for u, ids in saved["representative"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{cache} does not match the data in {Path(out) / 'data'} ({e!r}); delete it") from None
+    else:
+        doc = {"representative": [[u, [e.id for e in ex]] for u, ex in groups["representative"]]}
+        write_text(cache, json.dumps(doc), "selection")
+    return groups
+
+
 class Study:
     """One study: data, backbone, OVT groups, training (cached) and the evaluation of (device, sigma, seed)."""
 
     def __init__(self, cfg: StudyConfig, backbone, data, out: str | Path, *, embedder=None, progress: bool = True):
-        from nvcc_pt.prompt.selection import select_representatives
-
         self.cfg, self.bb, self.data, self.out, self.progress = cfg, backbone, data, Path(out), progress
         queries = [q for q in data.dataset.queries if q.output is not None]
         label = {x: i for i, x in enumerate(backbone.labels)}
@@ -159,19 +195,8 @@ class Study:
         if embedder is None and cfg.embedder == "lm":
             def embedder(texts):
                 return torch.stack([backbone.query_embeds(t).mean(0) for t in texts])
-        self.groups: dict[str, list[tuple[int, list]]] = {"buffer": [], "representative": []}
-        for profile, u in users.items():
-            history = list(profile)[-cfg.buffers * cfg.buffer_size:]
-            for b in range(0, len(history), cfg.buffer_size):
-                buf = history[b:b + cfg.buffer_size]
-                if len(buf) < cfg.clusters:
-                    continue
-                self.groups["buffer"].append((u, buf))
-                for dom in select_representatives(buf, cfg.clusters, cfg.per_cluster, embedder=embedder,
-                                                  seed=cfg.data_seed):
-                    self.groups["representative"].append((u, list(dom.examples)))
-        if not self.groups["buffer"]:
-            raise DataError(f"no user history holds a buffer of {cfg.buffer_size} items; generate longer histories")
+        self.groups = select_groups(cfg, data, out, embedder)
+
 
     def _samples(self, examples) -> list[tuple[str, int]]:
         label = {x: i for i, x in enumerate(self.bb.labels)}
@@ -325,10 +350,13 @@ def read_points(path: Path, fingerprint: str) -> list[dict]:
 
 
 def run_study(cfg: StudyConfig, out: str | Path, *, backbone=None, embedder=None, device: str = "cpu",
-              progress: bool = True, log=print) -> list[dict]:
+              progress: bool = True, log=print, prepare_only: bool = False) -> list[dict]:
     """Run (or resume) the study into `out`; returns every point of the configuration's sweep.
 
     `embedder` (a callable list[str] -> Tensor [n, d]) replaces the configuration's sentence embedder.
+    `prepare_only` writes the data and the representative selection (`select_groups`) and stops, without the LM
+    (with `embedder="lm"` the selection needs the LM and is left to the run): a machine without `wordnet-base`
+    or the sentence embedder (a GPU host, say) then runs the study from the prepared folder.
     """
     t_start, cpu_start = time.time(), time.process_time()
     out = Path(out)
@@ -345,10 +373,15 @@ def run_study(cfg: StudyConfig, out: str | Path, *, backbone=None, embedder=None
     log(f"cost: {c['ovts']} OVTs, {c['train_steps']} batched training steps ({c['train_sequences']} sequences), "
         f"at most {c['eval_sequences']} evaluation forwards")
     write_text(out / "config.json", json.dumps({**asdict(cfg), "fingerprint": fp}, indent=1), "study configuration")
-    if not groups:
+    if not groups and not prepare_only:
         return [p for p in points if p["method"] in cfg.methods and p["device"] in cfg.devices
                 and p["sigma"] in cfg.sigmas and p["seed"] in cfg.seeds]
     data = prepare_data(cfg, out / "data")
+    if prepare_only:
+        if embedder is not None or cfg.embedder != "lm":
+            select_groups(cfg, data, out, embedder)
+        log(f"prepared {out / 'data'} and {out / 'selection'}")
+        return []
     if backbone is None:
         from nvcc_pt.prompt.backbone import load_backbone
 

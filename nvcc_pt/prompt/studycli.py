@@ -56,7 +56,9 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
     t0 = time.time()
-    points = run_study(cfg, args.out, device=args.device, progress=not args.no_progress)
+    points = run_study(cfg, args.out, device=args.device, progress=not args.no_progress, prepare_only=args.prepare_only)
+    if args.prepare_only:
+        return 0
     command = command_for(cfg, args.out, args.device) + (f" --threads {args.threads}" if args.threads else "")
 
     table = write_report(points, asdict(cfg), args.out, command=command, wall_s=time.time() - t0)
@@ -104,5 +106,8 @@ def add_study_parser(sub) -> None:
                    help="torch CPU threads (default: torch's choice; 1 is much faster on cores that other jobs share)")
     s.add_argument("--reduced", action="store_true", help="the small two-core configuration (one device, one seed)")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--prepare-only", action="store_true",
+                   help="write the data and the representative selection into --out and stop (no LM): for a GPU "
+                   "machine without wordnet-base or the sentence embedder, prepare here and carry the folder")
     s.add_argument("--out", default="results/nvcimpt")
     s.set_defaults(func=run)
