@@ -1,11 +1,12 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   compile a built-in tiny Llama for reram-128x128, print the mapping report, save plan and report
 #   make test   run the test suite
+#   make nvcimpt   NVCiM-PT on SmolLM2-135M and WordNet glosses, the reduced run (results/nvcimpt-reduced/)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench nvcimpt clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -32,6 +33,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/compile_scale.py
+
+# NVCiM-PT on SmolLM2-135M and WordNet glosses, reduced to one device and one seed (needs wordnet-base)
+nvcimpt: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) examples/nvcimpt_real.py --out results/nvcimpt-reduced
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

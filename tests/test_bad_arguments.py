@@ -223,6 +223,12 @@ def test_bad_lamp_record(tmp_path, questions, outputs, raw, match):
     (["nvcimpt", "eval", "--model", "m", "--questions", "q", "--outputs", "o", "--lr", "nan"], r"lr|value=nan"),
     (["nvcimpt", "eval", "--model", "m", "--questions", "q", "--outputs", "o", "--limit", "-1"], r"--limit"),
     (["nvcimpt", "synth", "--out", "x", "--users", "many"], r"--users"),
+    (["nvcimpt", "study", "--sigmas", "0,x"], r"--sigmas"),
+    (["nvcimpt", "study", "--chips", "0"], r"--chips"),
+    (["nvcimpt", "study", "--task", "lyrics"], r"--task"),
+    (["nvcimpt", "study", "--methods", "nvcimpt,magic", "--out", "/nonexistent/x"], r"unknown method"),
+    (["nvcimpt", "study", "--devices", "rram9", "--out", "/nonexistent/x"], r"rram9"),
+    (["nvcimpt", "study", "--seeds", "0,-1"], r"--seeds|seed"),
 ])
 def test_cli_bad_argument_prints_the_error_and_exits_2(argv, match, capsys):
     try:

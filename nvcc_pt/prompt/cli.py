@@ -1,6 +1,8 @@
 """`nvcc-pt nvcimpt ...`: the NVCiM-PT evaluation harness and the synthetic data generator from the shell.
 
     nvcc-pt nvcimpt synth --out data/ --task 2
+    nvcc-pt nvcimpt realdata --out data/wordnet --task wordnet
+    nvcc-pt nvcimpt study --model builtin:smollm2-135m --task wordnet --out results/nvcimpt --device cuda
     nvcc-pt nvcimpt eval --model path/to/hf-checkpoint --questions data/questions.json \
         --outputs data/outputs.json --devices rram1,rram4,fefet2,fefet6 --out results/
 """
@@ -19,10 +21,16 @@ def _eval(args) -> int:
     from nvcc_pt.prompt.harness import EvalConfig, evaluate
     from nvcc_pt.prompt.lamp import load_lamp, query_domains
 
-    if not Path(args.model).is_dir():
-        raise InputError(f"--model {args.model!r} is not a directory; give a local Hugging Face checkpoint directory")
-    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True).eval()
+    if args.model == "builtin:smollm2-135m":
+        from nvcc_pt.models import load_smollm2
+
+        model, tokenizer = load_smollm2()
+    elif not Path(args.model).is_dir():
+        raise InputError(f"--model {args.model!r} is neither builtin:smollm2-135m nor a directory; give a local "
+                         "Hugging Face checkpoint directory")
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True).eval()
     dataset = load_lamp(args.questions, args.outputs, task=args.task)
     if args.limit:
         dataset.queries = dataset.queries[: args.limit]
@@ -53,13 +61,23 @@ def _synth(args) -> int:
     return 0
 
 
+def _realdata(args) -> int:
+    from nvcc_pt.prompt.realtext import write_realtext
+
+    q, o = write_realtext(args.out, args.task, users=args.users, buffers=args.buffers, buffer_size=args.buffer_size,
+                          queries_per_user=args.queries_per_user, seed=args.seed)
+    print(f"wrote {q}, {o} and {Path(args.out) / 'labels.json'}")
+    return 0
+
+
 def add_parsers(subparsers) -> None:
     """Add `nvcimpt` with its `eval` and `synth` subcommands to the `nvcc-pt` parser."""
     p = subparsers.add_parser("nvcimpt", help="NVCiM-PT: evaluate noise-aware soft prompts stored in NVCiM")
     sub = p.add_subparsers(dest="nvcimpt_command", required=True)
 
     e = sub.add_parser("eval", help="task metric vs device sigma for NVCiM-PT, its baselines and ablations")
-    e.add_argument("--model", required=True, help="local Hugging Face causal-LM checkpoint directory (with tokenizer)")
+    e.add_argument("--model", required=True, help="builtin:smollm2-135m or a local Hugging Face causal-LM checkpoint "
+                   "directory (with tokenizer)")
     e.add_argument("--questions", required=True, help="LaMP questions JSON file")
     e.add_argument("--outputs", required=True, help="LaMP outputs (golds) JSON file")
     e.add_argument("--task", default=None, help="LaMP task id (default: from the outputs file)")
@@ -87,3 +105,17 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--users", type=check.arg_count, default=3)
     s.add_argument("--seed", type=check.arg_seed, default=0)
     s.set_defaults(func=_synth)
+
+    r = sub.add_parser("realdata", help="write LaMP-2-format users from real text (WordNet glosses or fortune quotes)")
+    r.add_argument("--out", required=True)
+    r.add_argument("--task", choices=("wordnet", "fortunes"), default="wordnet")
+    r.add_argument("--users", type=check.arg_positive, default=6)
+    r.add_argument("--buffers", type=check.arg_positive, default=2)
+    r.add_argument("--buffer-size", type=check.arg_positive, default=25)
+    r.add_argument("--queries-per-user", type=check.arg_positive, default=16)
+    r.add_argument("--seed", type=check.arg_seed, default=0)
+    r.set_defaults(func=_realdata)
+
+    from nvcc_pt.prompt.studycli import add_study_parser
+
+    add_study_parser(sub)

@@ -102,14 +102,16 @@ def sample_init(model: nn.Module, tokenizer, examples: Sequence[Example], n_virt
 
 
 class _OvtStore:
-    """One OVT in a compiled `OVTBank`: each step programs it with fresh variation and reads it back."""
+    """OVTs in a compiled `OVTBank` (one `[n_virtual, hidden]` or a stack): each step programs them with fresh
+    variation and reads them back."""
 
     def __init__(self, ovt: torch.Tensor, target, sigma: float | None, censor: float | None, seed: int):
         from nvcc_pt.prompt.bank import OVTBank
         from nvcc_pt.training import weight_leaves
 
         bank = OVTBank()
-        bank.add("training", ovt)
+        for i, one in enumerate(ovt if ovt.dim() == 3 else [ovt]):  # a stack [N, n_virtual, hidden] trains N at once
+            bank.add(f"training{i}", one)
         self.bank = bank.compile(target, sigma=sigma, seed=seed)
         store = self.bank._store_state
         self.leaf = next(leaf for leaf in weight_leaves(self.bank.cm) if leaf.state is store)
