@@ -138,11 +138,22 @@ class OVTBank:
         return bank
 
     def compile(self, target, *, sigma: float | None = None, scales: Sequence[int] = SSA_SCALES,
-                weights: Sequence[float] = SSA_WEIGHTS, fidelity: str = "noisy", seed: int = 0) -> CompiledBank:
-        """Map the bank onto `target` (with device sigma `sigma` when given) and program it with `seed`."""
+                weights: Sequence[float] = SSA_WEIGHTS, fidelity: str = "noisy", seed: int = 0,
+                device: str | torch.device | None = None, key_map=None) -> CompiledBank:
+        """Map the bank onto `target` (with device sigma `sigma` when given) and program it with `seed`.
+
+        `key_map` (a function of `[num_ovts, n_virtual, hidden]`, same shape back): the search array stores the
+        keys of `key_map(ovts)` instead of the OVTs' own (a query space such as `query.SifQuery.project`); the
+        store holds the OVTs as they are.
+
+        `device` (a torch device): programming, search and read-back run there, and the device variation is
+        drawn there (`CompiledModel.program(draw_on="device")`): on a GPU far faster, but a seed's chip on a
+        GPU differs from the CPU's. None keeps the CPU and its draws.
+        """
         check.seed("seed", seed, where="OVTBank.compile")
         check.fidelity(fidelity, where="OVTBank.compile")
-        return CompiledBank(self, target, sigma=sigma, scales=scales, weights=weights, fidelity=fidelity, seed=seed)
+        return CompiledBank(self, target, sigma=sigma, scales=scales, weights=weights, fidelity=fidelity, seed=seed,
+                            device=device, key_map=key_map)
 
 
 class _BankModule(nn.Module):
@@ -163,7 +174,7 @@ class CompiledBank:
     """An `OVTBank` mapped onto a target: search and read-back on the simulator."""
 
     def __init__(self, bank: OVTBank, target, *, sigma: float | None, scales: Sequence[int], weights: Sequence[float],
-                 fidelity: str, seed: int):
+                 fidelity: str, seed: int, device: str | torch.device | None = None, key_map=None):
         import nvcc_pt
         from nvcc_pt.prompt.noise import noise_info
 
@@ -173,9 +184,14 @@ class CompiledBank:
         self.num_ovts, self.n_virtual, self.hidden = ovts.shape
         self.spec, _ = noise_info(target, sigma)
         self.dim = key_dim(self.n_virtual, self.hidden, self.scales)
-        module = _BankModule(ssa_keys(ovts, self.scales, self.weights), ovts)
+        keyed = ovts if key_map is None else key_map(ovts)
+        if tuple(keyed.shape) != tuple(ovts.shape):
+            raise InputError(f"key_map turned OVTs {tuple(ovts.shape)} into {tuple(keyed.shape)}; it must keep the shape")
+        module = _BankModule(ssa_keys(keyed, self.scales, self.weights), ovts)
         example = (torch.zeros(QUERY_BATCH, self.dim), torch.zeros(1, self.hidden))
         self.cm = nvcc_pt.compile(module, self.spec, example_inputs=example, fidelity=fidelity, seed=seed)
+        if device is not None:
+            self.cm.to(device).program(seed, draw_on="device")
         self._store_state = self._state_of("store")
 
     def _state_of(self, module: str):
@@ -213,10 +229,12 @@ class CompiledBank:
         """Search scores `[Q, num_ovts]` computed on the simulator."""
         q = self.query_vectors(token_embeds)
         out = []
-        probe = torch.zeros(1, self.hidden)
+        on = self.cm.device
+        probe = torch.zeros(1, self.hidden, device=on)
+        q = q.to(on)
         for start in range(0, q.shape[0], QUERY_BATCH):
             chunk = q[start:start + QUERY_BATCH]
-            padded = torch.cat([chunk, torch.zeros(QUERY_BATCH - chunk.shape[0], self.dim)])
+            padded = torch.cat([chunk, torch.zeros(QUERY_BATCH - chunk.shape[0], self.dim, device=on)])
             out.append(self.cm(padded, probe)[0][: chunk.shape[0]])
         return torch.cat(out)
 

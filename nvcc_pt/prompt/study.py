@@ -34,6 +34,7 @@ from nvcc_pt import validate as check
 from nvcc_pt.errors import DataError, InputError
 from nvcc_pt.files import write_text
 from nvcc_pt.prompt.methods import METHODS, check_methods
+from nvcc_pt.prompt.query import QUERIES, SifQuery
 from nvcc_pt.prompt.realtext import TASKS, load_realtext, write_realtext
 from nvcc_pt.prompt.ssa import SSA_SCALES, SSA_WEIGHTS
 from nvcc_pt.targets.spec import MAX_SIGMA
@@ -68,6 +69,10 @@ class StudyConfig:
     crossbar: str = "128x128"
     max_words: int = 16
     data_seed: int = 0
+    query: str = "sif"
+    """The search query (`nvcc_pt.prompt.query`): `sif`, the input's SIF embedding fitted on the users' histories
+    (keys mapped alike); `mean`, its mean token embedding; `tokens`, its token embeddings pooled to the OVT's
+    positions."""
     embedder: str = "minilm"
     """Sentence embedder of representative selection: `minilm` (all-MiniLM-L6-v2) or `lm` (the LM's mean input
     embedding of the text)."""
@@ -79,6 +84,7 @@ class StudyConfig:
         check.text("model", self.model, where=where)
         check.choice("task", self.task, TASKS, where=where)
         check.choice("embedder", self.embedder, ("minilm", "lm"), where=where)
+        check.choice("query", self.query, QUERIES, where=where)
         object.__setattr__(self, "methods", check_methods(tuple(self.methods)))
         for name in ("devices", "sigmas", "seeds"):
             value = getattr(self, name)
@@ -191,7 +197,12 @@ class Study:
         self.qdomain = [data.query_domains[q.id] for q in queries]
         users: dict[tuple, int] = {}
         self.quser = torch.tensor([users.setdefault(q.profile, len(users)) for q in queries])
-        self.qembeds = [backbone.query_embeds(t) for t in self.texts]
+        self.key_map = None
+        if cfg.query == "sif":  # fitted on every history text: the bank's own data, no query among them
+            sif = SifQuery.fit(backbone, sorted({e.input for q in queries for e in q.profile}))
+            self.qembeds, self.key_map = [sif.query(t) for t in self.texts], sif.project
+        else:
+            self.qembeds = [query_embeds(backbone, t, cfg.query) for t in self.texts]
         if embedder is None and cfg.embedder == "lm":
             def embedder(texts):
                 return torch.stack([backbone.query_embeds(t).mean(0) for t in texts])
@@ -246,7 +257,8 @@ class Study:
         for key, searches in uses.items():
             for search in sorted(searches, reverse=True):  # ssa first: its store is the one read back
                 scales, weights = SEARCH[search]
-                compiled[key, search] = banks[key].compile(target, sigma=sigma, scales=scales, weights=weights, seed=seed)
+                compiled[key, search] = banks[key].compile(target, sigma=sigma, scales=scales, weights=weights,
+                                                           seed=seed, device=self.bb.device, key_map=self.key_map)
         masks = {key: self.quser[:, None] == torch.tensor([banks[key].meta[k]["user"] for k in banks[key].keys])[None]
                  for key in uses}
         results = {name: {"values": [], "retrieval": []} for name in cfg.methods}
@@ -258,9 +270,9 @@ class Study:
                 for search in sorted(searches, reverse=True):
                     cb = compiled[key, search].program(chip_seed)
                     read = cb.read_back() if read is None else read
-                    idx = cb.scores(self.qembeds).masked_fill(~masks[key], -math.inf).argmax(1)
+                    idx = cb.scores(self.qembeds).cpu().masked_fill(~masks[key], -math.inf).argmax(1)
                     # sigma 0 programs identical chips: the same read-back and choices give the same numbers
-                    tag = (key, search, hashlib.sha1(read.numpy().tobytes()).hexdigest(), tuple(idx.tolist()))
+                    tag = (key, search, hashlib.sha1(read.cpu().numpy().tobytes()).hexdigest(), tuple(idx.tolist()))
                     if tag not in memo:
                         preds = self.bb.classify(self.texts, read[idx])
                         acc = sum(p == g for p, g in zip(preds, self.gold)) / n
@@ -285,6 +297,17 @@ class Study:
         return self._no_prompt
 
 
+def query_embeds(backbone, text: str, query: str = "mean") -> torch.Tensor:
+    """The `tokens` or `mean` search query of `text`: `[T, H]` token embeddings, or `[1, H]` their mean
+    (pooled to every OVT position alike). `sif` needs a fitted `query.SifQuery`.
+
+    Example:
+        >>> query_embeds(bb, "a large feline of forests", "mean").shape     # torch.Size([1, 576])
+    """
+    t = backbone.query_embeds(text)
+    return t.mean(0, keepdim=True) if query == "mean" else t
+
+
 def estimate(study: Study, c: dict, n: int = 16) -> tuple[float, float]:
     """Seconds the LM needs for the study's training and evaluation sequences, from one timed batch of `n` of each."""
     bb = study.bb
@@ -304,6 +327,36 @@ def estimate(study: Study, c: dict, n: int = 16) -> tuple[float, float]:
     train = timed(lambda: bb.logits(texts, prompts).sum().backward())
     evaluate = timed(lambda: bb.classify(texts, prompts.detach()))
     return c["train_sequences"] / n * train, c["eval_sequences"] / n * evaluate
+
+
+def estimate_chips(study: Study) -> float:
+    """Seconds the simulator needs to compile, program and search the study's OVT banks, from one timed chip of each.
+
+    Banks of random OVTs of the study's sizes stand in for the trained ones (the cost does not depend on the values).
+    """
+    from nvcc_pt.prompt.bank import OVTBank
+
+    cfg, bb = study.cfg, study.bb
+    pairs = {(METHODS[m].bank, METHODS[m].selection, METHODS[m].mitigation.search) for m in cfg.methods
+             if METHODS[m].prompt}
+    gen = torch.Generator().manual_seed(0)
+    per_point = per_chip = 0.0
+    for _, selection, search in sorted(pairs):
+        bank = OVTBank()
+        for i in range(len(study.groups[selection])):
+            bank.add(f"o{i}", torch.randn(cfg.n_virtual, bb.hidden, generator=gen))
+        scales, weights = SEARCH[search]
+        t = time.perf_counter()
+        cb = bank.compile(f"{cfg.devices[0]}-{cfg.crossbar}", sigma=max(cfg.sigmas), scales=scales, weights=weights,
+                          device=bb.device, key_map=study.key_map)
+        t1 = time.perf_counter()
+        for chip in range(2):  # the first one warms up
+            t2 = time.perf_counter()
+            cb.program(chip).read_back()
+            cb.scores(study.qembeds).cpu()
+        per_point += t1 - t
+        per_chip += time.perf_counter() - t2
+    return len(cfg.seeds) * len(cfg.devices) * len(cfg.sigmas) * (per_point + cfg.chips * per_chip)
 
 
 def command_for(cfg: StudyConfig, out: str | Path, device: str = "cpu") -> str:
@@ -388,8 +441,10 @@ def run_study(cfg: StudyConfig, out: str | Path, *, backbone=None, embedder=None
         backbone = load_backbone(cfg.model, data.labels, device)
     study = Study(cfg, backbone, data, out, embedder=embedder, progress=progress)
     lm_train, lm_eval = estimate(study, c)
-    log(f"estimated LM time: training {lm_train / 60:.1f} min, evaluation at most {lm_eval / 60:.1f} min "
-        "(from one timed batch; the simulator's programming and search come on top)")
+    chips = estimate_chips(study)
+    log(f"estimated time: LM training {lm_train / 60:.1f} min, LM evaluation at most {lm_eval / 60:.1f} min, "
+        f"compiling, programming and searching the OVT banks {chips / 60:.1f} min on {device} "
+        f"(from one timed batch and chip); total {(lm_train + lm_eval + chips) / 60:.1f} min")
     t0 = time.time()
     with tqdm(total=len(groups), desc="points (device, sigma, seed)", disable=not progress) as bar:
         for seed in sorted({s for s, _, _ in groups}):
@@ -408,6 +463,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, backbone=None, embedder=None
     with (out / "runs.jsonl").open("a", encoding="utf-8") as f:  # what each (resumed) run cost
         f.write(json.dumps({"groups": len(groups), "points": len(points), "wall_s": round(wall, 1),
                             "cpu_s": round(cpu, 1), "device": device, "torch_threads": torch.get_num_threads(),
+                            "chip_draws": f"on {device} (a seed's chip on a GPU differs from the CPU's)",
                             "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}) + "\n")
     return [p for p in points if p["method"] in cfg.methods and p["device"] in cfg.devices
             and p["sigma"] in cfg.sigmas and p["seed"] in cfg.seeds]

@@ -40,7 +40,8 @@ def config_from_args(args):
                        queries_per_user=args.queries_per_user, buffers=args.buffers, buffer_size=args.buffer_size,
                        clusters=args.clusters, per_cluster=args.per_cluster, n_virtual=args.n_virtual,
                        steps=args.steps, lr=args.lr, batch_size=args.batch_size, train_sigma=args.train_sigma,
-                       crossbar=args.crossbar, data_seed=args.data_seed, embedder=args.embedder, kpp=args.kpp)
+                       crossbar=args.crossbar, data_seed=args.data_seed, query=args.query, embedder=args.embedder,
+                       kpp=args.kpp)
 
 
 def run(args) -> int:
@@ -99,6 +100,9 @@ def add_study_parser(sub) -> None:
     s.add_argument("--crossbar", default="128x128")
     s.add_argument("--data-seed", type=check.arg_seed, default=0)
     s.add_argument("--kpp", type=check.arg_positive_real, default=10.0, help="percentile k of the KPP")
+    s.add_argument("--query", choices=("sif", "mean", "tokens"), default="sif",
+                   help="search query: the input's SIF embedding (weighted by inverse token frequency, common direction "
+                   "removed), its mean token embedding, or its token embeddings")
     s.add_argument("--embedder", choices=("minilm", "lm"), default="minilm",
                    help="sentence embedder of representative selection: all-MiniLM-L6-v2, or the LM's mean input embedding")
     s.add_argument("--device", default="cpu", help="torch device of the LM: cpu or cuda")
