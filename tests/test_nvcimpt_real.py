@@ -103,8 +103,13 @@ TINY = dict(model="builtin:tiny-llama", devices=("rram1",), sigmas=(0.0, 0.1), s
 @needs_wordnet
 def test_tiny_study_runs_reports_and_resumes(tmp_path, monkeypatch, one_thread):
     cfg = StudyConfig(**TINY)
-    points = run_study(cfg, tmp_path, embedder=_bow, progress=False, log=lambda *_: None)
+    logged = []
+    points = run_study(cfg, tmp_path, embedder=_bow, progress=False, log=logged.append)
     assert len(points) == 6 * 2  # every method at both sigmas
+    estimate = next(line for line in logged if line.startswith("estimated time"))
+    assert "searching the OVT banks" in estimate and "on cpu" in estimate  # the simulator's share is estimated too
+    run = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])
+    assert run["chip_draws"].startswith("on cpu")  # where the chips' variation was drawn
     assert {p["method"] for p in points} == set(METHODS)
     for p in points:
         assert len(p["values"]) == 2 and all(0.0 <= v <= 1.0 for v in p["values"])
