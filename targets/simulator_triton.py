@@ -41,11 +41,18 @@ def _split(w):
     return hi, (w - hi.to(tl.float32)).to(tl.float16)
 
 
-@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK"])
+@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "GRID_COLS", "FLIP"])
 @triton.jit
-def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, B, K, SN, T, R, ROWS, inv_step, code_lo, code_hi,
+def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr, chi_ptr, flip_ptr,
+                     B, K, SN, T, R, ROWS, top, GRID_COLS: tl.constexpr, FLIP: tl.constexpr,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """y[b, c] = sum over tiles r and cycles t of place[t] * ADC(planes[t, b, tile r] . levels[tile r, c])."""
+    """y[b, c] = sum over tiles r and cycles t of place[t] * step[r, c] * ADC_rc(planes[t, b, tile r] . levels[tile r, c]).
+
+    The ADC divides by the step, correctly rounded, as the CPU path does, so ties round alike.
+
+    The grid arrays are `[R, 1]` (GRID_COLS false) or `[R, S*N]`; with FLIP, columns marked in `flip` `[R, S*N]`
+    hold flipped levels and read back `top * sum(digits) - code` (`targets.adc`).
+    """
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     rn = tl.program_id(1) * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
@@ -58,12 +65,23 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, B, K, SN, T, R, RO
         levels_ok = (rk < ROWS)[:, None] & n_ok[None, :]
         hi = tl.load(hi_ptr + levels_at, mask=levels_ok, other=0.0)
         lo = tl.load(lo_ptr + levels_at, mask=levels_ok, other=0.0)
+        if GRID_COLS:
+            at = r * SN + rn
+        else:
+            at = r + rn * 0
+        step = tl.load(step_ptr + at, mask=n_ok, other=1.0)[None, :]
+        code_lo = tl.load(clo_ptr + at, mask=n_ok, other=0.0)[None, :]
+        code_hi = tl.load(chi_ptr + at, mask=n_ok, other=0.0)[None, :]
         planes_ok = m_ok[:, None] & ((rk < ROWS) & (k < K))[None, :]
         for t in range(T):
             p = tl.load(p_ptr + (t * B + rm)[:, None] * K + k[None, :], mask=planes_ok, other=0.0)
             partial = tl.dot(p, hi, acc=tl.dot(p, lo))
-            code = tl.minimum(tl.maximum(libdevice.rint(partial * inv_step), code_lo), code_hi)
-            y += tl.load(place_ptr + t) * code
+            code = tl.minimum(tl.maximum(libdevice.rint(libdevice.div_rn(partial, step)), code_lo), code_hi)
+            if FLIP:
+                flipped = tl.load(flip_ptr + r * SN + rn, mask=n_ok, other=0.0)[None, :]
+                digits = tl.sum(p.to(tl.float32), axis=1)[:, None]
+                code = code * (1 - 2 * flipped) + libdevice.div_rn(digits * top, step) * flipped
+            y += tl.load(place_ptr + t) * code * step
     tl.store(y_ptr + rm[:, None] * SN + rn[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -73,11 +91,35 @@ def split_levels(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, (levels - hi.float()).half()
 
 
-def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, place_t: torch.Tensor,
-                   inv_step: float, code_lo: int, code_hi: int) -> torch.Tensor:
-    """ADC codes summed over row tiles and shifted-and-added over cycles: `[B, S*N]` for planes `[T, B, K]`.
+_GRIDS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
-    `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`); `place_t`: each cycle's place value `[T]`.
+
+def grid_arrays(g, tiles: int, sn: int, device: torch.device) -> tuple:
+    """The kernel's view of an ADC grid (`targets.adc.Grid`): (inv_step, step, lo, hi, flip, top) on `device`.
+
+    A grid held on the host is copied once per distinct grid and device (a copy from the host cannot be
+    recorded into a CUDA graph, and the same few grids serve every call).
+    """
+    arrays = (g.inv_step, g.step, g.lo, g.hi)
+    if g.per_column or arrays[0].device.type != "cpu":
+        arrays = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in arrays)
+    else:
+        key = (str(device), *(tuple(t.reshape(-1).tolist()) for t in arrays))
+        if key not in _GRIDS:
+            _GRIDS[key] = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in arrays)
+        arrays = _GRIDS[key]
+    flip = g.flip.to(torch.float32).contiguous() if g.flip is not None else None
+    return (*arrays, flip, g.top)
+
+
+def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, place_t: torch.Tensor,
+                   inv_step: torch.Tensor, step: torch.Tensor, code_lo: torch.Tensor, code_hi: torch.Tensor,
+                   flip: torch.Tensor | None, top: float) -> torch.Tensor:
+    """ADC outputs (in level units) summed over row tiles and shifted-and-added over cycles: `[B, S*N]` for planes
+    `[T, B, K]`.
+
+    `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`); `place_t`: each cycle's place value `[T]`;
+    the grid as `grid_arrays` gives it.
     """
     cycles, batch, k = planes.shape
     tiles, rows, sn = hi.shape
@@ -87,8 +129,9 @@ def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, pla
     y = torch.empty(batch, sn, device=planes.device, dtype=torch.float32)
     bk = max(16, triton.next_power_of_2(rows))
     grid = lambda meta: (triton.cdiv(batch, meta["BM"]), triton.cdiv(sn, meta["BN"]))  # noqa: E731
-    _crossbar_kernel[grid](p, hi, lo, place_t.float().contiguous(), y, batch, k, sn, cycles, tiles, rows,
-                           float(inv_step), float(code_lo), float(code_hi), BK=bk)
+    _crossbar_kernel[grid](p, hi, lo, place_t.float().contiguous(), y, step, code_lo, code_hi,
+                           flip if flip is not None else step, batch, k, sn, cycles, tiles, rows, float(top),
+                           GRID_COLS=inv_step.shape[-1] > 1, FLIP=flip is not None, BK=bk)
     return y
 
 
