@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import torch
 from nvcc_pt.targets.devices import digit_max
 
-RANGE_MODES = ("exact", "full-scale", "calibrated")
 PERCENTILE_SAMPLES = 2**16
 """Partial sums kept per row tile of an op for a percentile calibration (a uniform sample of them)."""
 PERCENTILE_ROWS = 2048
@@ -78,9 +77,11 @@ def peak(cfg: dict, bit_serial: bool, rows: int) -> tuple[float, bool]:
     return rows * (2 ** cfg["cell_bits"] - 1) * dmax, bipolar or cfg["sign"] == "differential"
 
 
-def flips(cfg: dict, bit_serial: bool) -> bool:
-    """Whether the op's ADC uses ISAAC's flipped columns: `exact` mode, offset weights and unipolar digits."""
-    return cfg.get("adc_range") == "exact" and cfg["sign"] == "offset" and not digit_max(cfg, bit_serial)[1]
+def flips(cfg: dict, bit_serial: bool, adc_range: torch.Tensor) -> bool:
+    """Whether the op's ADC uses ISAAC's flipped columns: `exact` mode (not calibrated), offset weights and
+    unipolar digits."""
+    return (cfg.get("adc_range") == "exact" and adc_range.numel() < 2 and cfg["sign"] == "offset"
+            and not digit_max(cfg, bit_serial)[1])
 
 
 def snap(step: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,7 @@ def grid(cfg: dict, adc_range: torch.Tensor, bit_serial: bool, k: int, levels: t
         step, lo = step.expand(len(counts), -1), lo.expand(len(counts), -1)
     else:
         mode = cfg.get("adc_range", "full-scale")
-        flip_cols = flips(cfg, bit_serial)
+        flip_cols = flips(cfg, bit_serial, adc_range)
         steps, lows = [], []
         for rows in counts:
             full, signed = peak(cfg, bit_serial, rows)
