@@ -306,6 +306,9 @@ class MappingReport:
                 f"{totals['bottleneck']}; mapped ops vs {totals['baseline']}: {totals['energy_ratio']:.3g}x less energy, "
                 f"{totals['speedup']:.3g}x the speed; other digital ops {totals.get('other_digital_energy_pj', 0) / 1e3:,.1f} nJ, "
                 f"{totals.get('other_digital_latency_ns', 0):,.0f} ns")
+        if self._data["fidelity"] == "bit-serial" and t["dac_bits"] >= t["input_bits"]:
+            out.append(f"bit-serial runs as adc here: the {t['dac_bits']}-bit DAC applies all {t['input_bits']} input "
+                       "bits in one cycle (lower dac_bits for bit-serial inputs)")
         for dead in self._data.get("dead_products", []):
             out.append(f"dropped {dead['name']} ({dead['module'] or 'top level'}): its result is never used, so it is "
                        "neither mapped nor run")

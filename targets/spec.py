@@ -117,7 +117,7 @@ class TargetSpec:
 
     Example:
         >>> spec = get_target("reram-128x128").replace(adc_bits=6)
-        >>> spec.slices   # 7 magnitude bits on 2-bit cells
+        >>> spec.slices   # 8 offset magnitude bits on 2-bit cells
         4
     """
 

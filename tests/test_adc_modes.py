@@ -162,3 +162,14 @@ def test_bad_range_options_name_the_value():
             cm.calibrate([x], percentile=bad)
     with pytest.raises(InputError, match="per_column"):
         cm.calibrate([x], per_column="yes")
+
+
+def test_the_report_says_when_bit_serial_is_the_adc_path():
+    layer, x = _layer()
+    spec = nvcc_pt.get_target("rram4-128x128")
+    assert spec.dac_bits >= spec.input_bits
+    cm = nvcc_pt.compile(layer, target=spec, example_inputs=(x,), fidelity="bit-serial")
+    assert "bit-serial runs as adc here: the 8-bit DAC applies all 8 input bits" in str(cm.report)
+    assert torch.equal(cm(x), cm.with_fidelity("adc")(x))
+    isaac = nvcc_pt.compile(layer, target="reram-128x128", example_inputs=(x,), fidelity="bit-serial")
+    assert "runs as adc" not in str(isaac.report)
