@@ -192,6 +192,21 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    def write(final: bool) -> None:
+        """Both files, after every target (a long run that stops early keeps what it measured)."""
+        result = {"models": described, "rows": rows, "complete": final, "seed": args.seed, "device": args.device,
+                  "sentences": args.sentences, "sequences": args.sequences, "seq_len": args.seq_len,
+                  "total_s": time.perf_counter() - start,
+                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
+        table = markdown(result)
+        if final:
+            print(table)
+        for path, text in ((args.json, json.dumps(result, indent=1)), (args.markdown, table)):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(path).with_suffix(".tmp")
+            tmp.write_text(text + "\n")
+            tmp.replace(path)
+
     for name in models:
         bench = MiniLM(args.sentences, args.device) if name == "minilm" else SmolLM2(args.sequences, args.seq_len,
                                                                                    args.device)
@@ -200,19 +215,10 @@ def main() -> None:
         described.append({"name": bench.name, "figure": bench.figure, "reference": reference})
         for target in targets:
             measure(bench, target, args.device, args.seed, emit)
+            write(final=False)
         del bench
         gc.collect()
-    result = {"models": described, "rows": rows, "seed": args.seed, "device": args.device,
-              "sentences": args.sentences, "sequences": args.sequences, "seq_len": args.seq_len,
-              "total_s": time.perf_counter() - start,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
-    table = markdown(result)
-    print(table)
-    for path, text in ((args.json, json.dumps(result, indent=1)), (args.markdown, table)):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
+    write(final=True)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,15 @@ def test_mlp_matches_simulator(fidelity, spec, calibrated, tmp_path):
     compare_mlp(cm, path)
 
 
+@pytest.mark.parametrize("spec", ["differential", "isaac"])
+def test_per_column_and_percentile_ranges_export(spec, tmp_path):
+    cm = mlp_cm("bit-serial", SPECS[spec]).calibrate([mlp_inputs(8, 1)], per_column=True, percentile=99.0)
+    assert cm.plan.states()[0][1].adc_range.dim() == 3
+    path = cm.export_onnx(tmp_path / "mlp.onnx")
+    check_export(cm, path)
+    compare_mlp(cm, path)
+
+
 def test_full_scale_export_fails_a_calibrated_simulator(tmp_path):
     """The tolerance is tight enough to tell the ADC grids apart: the calibrated range is exported, not ignored."""
     full = mlp_cm("bit-serial", {})
