@@ -37,9 +37,8 @@ import onnx
 import onnx_ir as ir
 import onnxscript
 import torch
-from nvcc_pt.targets.adc import flips, tile_rows
+from nvcc_pt.targets.adc import flips, grid, tile_rows
 from nvcc_pt.targets.devices import TINY, input_planes, slice_places
-from nvcc_pt.targets.simulator import _adc_grid
 from onnx import AttributeProto, TensorProto, helper
 from onnxscript import opset18 as op
 
@@ -100,7 +99,7 @@ def crossbar_call(cfg: dict, fidelity: str, adc_range: torch.Tensor, k: int) -> 
     """
     bit_serial = fidelity == "bit-serial"
     encoding = input_encoding(cfg, fidelity)
-    g = _adc_grid(cfg, adc_range.detach().cpu(), bit_serial, k)
+    g = grid(cfg, adc_range.detach().cpu(), bit_serial, k)
     place_t = input_planes(torch.zeros(1, 1), cfg, bit_serial)[1]
     place_s = slice_places(cfg["cell_bits"], cfg["slices"])
     no_flip = float(torch.finfo(torch.float32).max)

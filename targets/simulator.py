@@ -287,12 +287,6 @@ def deferred_checks():
     raise_if_nonfinite(queued)
 
 
-def _adc_grid(cfg: dict, adc_range: torch.Tensor, bit_serial: bool, k: int,
-              levels: torch.Tensor | None = None) -> Grid:
-    """The op's ADC grid per row tile and column (`targets.adc.grid`)."""
-    return grid(cfg, adc_range, bit_serial, k, levels)
-
-
 def _onednn_linear(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, w_t, None, "none", [], "")
 
@@ -417,7 +411,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     slices = cfg["slices"]
     xi, sx = _quantize(x, cfg["input_bits"], dequantize=False)
     _check_finite(sx, cfg)
-    g = _adc_grid(cfg, adc_range, bit_serial, x.shape[-1], levels)  # flips read from the programmed levels
+    g = grid(cfg, adc_range, bit_serial, x.shape[-1], levels)  # flips read from the programmed levels
     read = cfg.get("read_sigma", 0.0) * (2 ** cfg["cell_bits"] - 1)
     if read > 0:  # fresh read noise per call; a differential pair reads two independent cells
         factor = math.sqrt(2) if cfg["sign"] == "differential" else 1.0

@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from nvcc_pt.targets.simulator import _adc_grid, recording_ranges
+from nvcc_pt.targets.adc import grid
+from nvcc_pt.targets.simulator import recording_ranges
 from test_onnx import _HeadInput, feeds, ids_of, mismatch, session, tiny_llama
 from torch import nn
 
@@ -40,7 +41,7 @@ def head_units(cm, *args) -> tuple[float, float]:
     x, w, cfg = run.head
     state = dict(cm.plan.states())[cfg["op"]]
     sx = float(x.abs().max()) / (2 ** (cfg["input_bits"] - 1) - 1)
-    step = float(_adc_grid(state.config, state.adc_range, cm.fidelity == "bit-serial", x.shape[-1]).step.max())
+    step = float(grid(state.config, state.adc_range, cm.fidelity == "bit-serial", x.shape[-1]).step.max())
     return sx * float(w.abs().max()), step * sx * float(state.scale.max())
 
 
