@@ -118,7 +118,8 @@ class CompiledModel:
         if self.cuda_graphs and flat[0].is_cuda and not torch.is_grad_enabled() and not recording():
             if self._addresses is None:  # a replay reads the buffers at these addresses; the ADC grid is baked in
                 self._addresses = tuple((s.weight.data_ptr(), s.scale.data_ptr(), s.levels.data_ptr(),
-                                         tuple(s.adc_range.tolist())) for _, s in self.plan.states())
+                                         tuple(s.adc_range.tolist()) if s.adc_range.numel() <= 2
+                                         else s.adc_range.data_ptr()) for _, s in self.plan.states())
             signature = tuple((a.shape, a.dtype, a.device) for a in flat)
             return self._graphs.run(self.graph_module, flat, (signature, self._addresses))
         with deferred_checks():
@@ -214,31 +215,43 @@ class CompiledModel:
             new.adc_range = old.adc_range.clone()  # a calibration carries over
         return cm.to(self.device)
 
-    def calibrate(self, batches) -> CompiledModel:
+    def calibrate(self, batches, per_column: bool = False, percentile: float | None = None) -> CompiledModel:
         """Set each op's ADC range from the partial sums real inputs produce; returns self.
 
         `batches`: an iterable of inputs (a tensor or a tuple of tensors per call). Runs at the current
-        fidelity, which must be "adc" or "bit-serial", and records every op's [min, max] partial sum.
+        fidelity, which must be "adc" or "bit-serial", and records the partial sums every op's ADC sees.
+        `per_column`: one range per (row tile, array column) instead of one per op. `percentile` (50 to 100,
+        exclusive): the range spans the (100 - p)-th to the p-th percentile of the sums, clipping the rest,
+        instead of their min and max. The step is snapped to the level grid where that loses nothing
+        (`nvcc_pt.targets.adc`). The ops then read their range instead of the spec's `adc_range` mode.
 
         Example:
             >>> cm = nvcc_pt.compile(model, target="reram-128x128", fidelity="bit-serial").calibrate([ids1, ids2])
+            >>> cm.calibrate([ids1], per_column=True, percentile=99.99)
         """
         from nvcc_pt.targets.simulator import CROSSBAR, recording_ranges
 
         if isinstance(batches, (torch.Tensor, str, bytes)) or not hasattr(batches, "__iter__"):
             raise InputError(f"calibrate: batches must be an iterable of model inputs, such as [ids1, ids2], "
                              f"got {type(batches).__name__}")
+        per_column = check.boolean("per_column", per_column, where="calibrate")
+        if percentile is not None:
+            percentile = check.real("percentile", percentile, lo=50.0, hi=100.0, lo_open=True, where="calibrate")
+            if percentile == 100.0:
+                raise InputError("calibrate: percentile=100 clips nothing; pass percentile=None for the observed "
+                                 "min and max, or a value in (50, 100) to clip the tails")
         if self.fidelity not in CROSSBAR:
             raise FidelityError(f"calibrate sets ADC ranges, which fidelity {self.fidelity!r} does not model; "
                                 f"use cm.with_fidelity('adc') or 'bit-serial' first")
-        with recording_ranges() as ranges, torch.no_grad():
+        with recording_ranges(per_column, percentile) as ranges, torch.no_grad():
             for batch in batches:
                 self(*(batch if isinstance(batch, (tuple, list)) else (batch,)))
         if not ranges:
             raise InputError("calibrate got no batches; pass an iterable of model inputs")
         for _, state in self.plan.states():
             if state.config["op"] in ranges:
-                state.adc_range = torch.tensor(ranges[state.config["op"]])
+                found = ranges[state.config["op"]].range()
+                state.adc_range = found if found.numel() == 2 else found.to(state.levels.device)
         self._state_replaced()
         return self
 

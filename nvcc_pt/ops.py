@@ -149,12 +149,13 @@ class CimState(nn.Module):
         self.config = dict(config)
 
     def _apply(self, fn, recurse=True):
-        # The ADC range is two numbers the host reads on every call: it stays on the CPU, so reading it costs no
-        # device sync (and a CUDA graph can capture the op).
+        # A per-op ADC range is two numbers the host reads on every call: it stays on the CPU, so reading it costs
+        # no device sync (and a CUDA graph can capture the op). Per-column ranges move with the levels.
         adc_range = self.adc_range
         stream = getattr(self.scale, READ_STREAM_ATTR, None)
         super()._apply(fn, recurse)
-        self.adc_range = adc_range
+        if adc_range.numel() <= 2:
+            self.adc_range = adc_range
         if stream is not None:  # a moved buffer is a new tensor: the read-noise stream goes with it
             setattr(self.scale, READ_STREAM_ATTR, stream)
         return self

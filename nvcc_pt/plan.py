@@ -257,7 +257,8 @@ def read_plan(path: str | Path) -> LoadedPlan:
 
         gm = run_passes(gm, PassContext(target=target, policy=MappingPolicy(map_dynamic=True)), [decompose_attention])
     check_records(records, gm, target, where)
-    calibrated = {k.removesuffix(".adc_range") for k, t in tensors.items() if k.endswith(".adc_range") and t.numel()}
+    calibrated = {k.removesuffix(".adc_range"): "op" if t.dim() == 1 else "column"
+                  for k, t in tensors.items() if k.endswith(".adc_range") and t.numel()}
     expected = expected_tensors(records, gm, fidelity, calibrated)
     prompt_spec = next((i for i in capture.inputs if i.name == "soft_prompt"), None)
     if prompt_spec is not None:

@@ -210,11 +210,12 @@ def _check_weight(gm: fx.GraphModule, node: fx.Node, info: meta.MatmulInfo, here
                           f"K={info.k} (transposed: {info.weight_transposed})")
 
 
-def expected_tensors(records: dict[str, dict[str, Any]], gm: fx.GraphModule, fidelity: str, calibrated: set[str],
+def expected_tensors(records: dict[str, dict[str, Any]], gm: fx.GraphModule, fidelity: str, calibrated: dict[str, str],
                      ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """{tensor name: (dtype, shape)} of every programmed state tensor the records imply.
 
-    `calibrated`: ops whose ADC range is stored (two numbers instead of none).
+    `calibrated`: {op: "op" or "column"} for calibrated ops, whose stored ADC range is `(2,)` per op or
+    `(2, R, S*N)` per (row tile, column) (`cm.calibrate(per_column=True)`); other ops store none.
     """
     from nvcc_pt.passes.find_matmuls import static_value
     from nvcc_pt.passes.lower import operands
@@ -234,5 +235,7 @@ def expected_tensors(records: dict[str, dict[str, Any]], gm: fx.GraphModule, fid
         out[f"{name}.scale"] = (torch.float32, (0,) if fidelity == "exact" else (info.n,))
         levels = (grid.row_tiles, grid.rows, grid.slices * info.n) if fidelity in CROSSBAR else (0,)
         out[f"{name}.levels"] = (torch.float32, levels)
-        out[f"{name}.adc_range"] = (torch.float32, (2,) if name in calibrated else (0,))
+        per_column = (2, grid.row_tiles, grid.slices * info.n) if fidelity in CROSSBAR else (0,)
+        kind = calibrated.get(name)
+        out[f"{name}.adc_range"] = (torch.float32, (2,) if kind == "op" else per_column if kind == "column" else (0,))
     return out

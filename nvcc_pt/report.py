@@ -317,6 +317,9 @@ class MappingReport:
         ]
         if totals.get("energy_ratio") is not None:
             out += _cost_lines(totals)
+        if self._data["fidelity"] == "bit-serial" and t["dac_bits"] >= t["input_bits"]:
+            out.append(f"bit-serial runs as adc here: the {t['dac_bits']}-bit DAC applies all {t['input_bits']} input "
+                       "bits in one cycle (lower dac_bits for bit-serial inputs)")
         for dead in self._data.get("dead_products", []):
             out.append(f"dropped {dead['name']} ({dead['module'] or 'top level'}): its result is never used, so it is "
                        "neither mapped nor run")

@@ -261,7 +261,7 @@ def _outline(model: ir.Model, calls: list[_Call], fidelity: str, states: dict) -
         if fidelity in CROSSBAR:
             scale, levels, _ = call.state
             state = states[call.config["op"]]
-            overload, values = crossbar_call(state.config, fidelity, state.adc_range)
+            overload, values = crossbar_call(state.config, fidelity, state.adc_range, state.weight.shape[-1])
             inputs = [call.x, levels, scale, bias]
             for value in (levels, scale):  # the exporter dropped them while nothing read them
                 if value.name not in graph.initializers:

@@ -19,12 +19,14 @@ cycle: fidelity `adc`, or `bit-serial` with `dac_bits >= input_bits`), `bit-seri
 `nvcc_pt.CimLinear` call whatever the fidelity. Their body follows
 `simulator._crossbar` step by step: quantize the input per token; split it into DAC planes
 `[T, B, K]` with place values `[T]`; pad K to whole row tiles and reshape to
-`[R, T*B, rows]`; one batched MatMul of the inputs in ADC steps against the levels gives
-every partial sum of every tile, physical column and cycle in units of one code; the ADC
-maps each to `Clip(Round(sum), code_lo, code_hi)` on its zero-aligned grid; codes are summed
-over row tiles, shifted and added over cycles and slices, rescaled by `step`, corrected for
-the offset reference column, scaled by the input and weight scales, and the bias is added.
-The ADC grid (full scale or `cm.calibrate`'s range) and the place values are attributes of
+`[R, T*B, rows]`; one batched MatMul of the inputs against the levels (columns ISAAC's encoding stores
+flipped hold `top - l`, found from the levels' sums as the simulator finds them) gives every partial sum
+of every tile, physical column and cycle; the ADC maps each to `Max(Min(Round(v / step), code_hi),
+code_lo)` on its zero-aligned grid (per row tile, or per tile and column); flipped columns are read
+back as `top * sum(digits) - code`; the codes times their steps are summed over row tiles, shifted and
+added over cycles and slices, corrected for the offset reference column, scaled by the input and
+weight scales, and the bias is added. The ADC grid (`targets.adc`: the range mode or `cm.calibrate`'s
+range) and the place values are attributes of
 each call (`crossbar_call`), computed with the simulator's own helpers so the constants are
 the same float32 numbers.
 """
@@ -35,8 +37,8 @@ import onnx
 import onnx_ir as ir
 import onnxscript
 import torch
+from nvcc_pt.targets.adc import flips, grid, tile_rows
 from nvcc_pt.targets.devices import TINY, input_planes, slice_places
-from nvcc_pt.targets.simulator import _adc_grid
 from onnx import AttributeProto, TensorProto, helper
 from onnxscript import opset18 as op
 
@@ -87,19 +89,25 @@ def input_encoding(cfg: dict, fidelity: str) -> str:
     return "twos-complement" if cfg.get("input_encoding") == "twos-complement" else "two-phase"
 
 
-def crossbar_call(cfg: dict, fidelity: str, adc_range: torch.Tensor) -> tuple[str, dict]:
+def crossbar_call(cfg: dict, fidelity: str, adc_range: torch.Tensor, k: int) -> tuple[str, dict]:
     """The `CimLinear` overload and the attributes of one op's call at a crossbar fidelity.
 
-    `adc_range` is the op's `CimState.adc_range` (empty: full scale).
+    `adc_range` is the op's `CimState.adc_range` (empty: the spec's range mode); `k` its input size.
+    The grid rides as lists per row tile (or per row tile and column): `step`, `code_lo`, `code_hi`;
+    `flip_limit` per row tile is the level sum above which a column is stored flipped (ISAAC's encoding;
+    a huge number where the mode does not flip) and `top` the flipped columns' digital correction.
     """
     bit_serial = fidelity == "bit-serial"
     encoding = input_encoding(cfg, fidelity)
-    lo, step = _adc_grid(cfg, adc_range.detach().cpu(), bit_serial)
+    g = grid(cfg, adc_range.detach().cpu(), bit_serial, k)
     place_t = input_planes(torch.zeros(1, 1), cfg, bit_serial)[1]
     place_s = slice_places(cfg["cell_bits"], cfg["slices"])
+    no_flip = float(torch.finfo(torch.float32).max)
+    limits = [g.top * rows / 2 if flips(cfg, bit_serial, adc_range) else no_flip for rows in tile_rows(k, cfg["rows"])]
     attrs = {
         "qmax": float(2 ** (cfg["input_bits"] - 1) - 1), "tiny": float(TINY),
-        "inv_step": 1.0 / step, "step": step, "code_lo": float(lo), "code_hi": float(lo + 2 ** cfg["adc_bits"] - 1),
+        "step": g.step.reshape(-1).tolist(), "code_lo": g.lo.reshape(-1).tolist(),
+        "code_hi": g.hi.reshape(-1).tolist(), "flip_limit": limits, "top": g.top,
         "ref": float(2 ** (cfg["weight_bits"] - 1)) if cfg["sign"] == "offset" else 0.0,
         "place_s": place_s.tolist(),
     }
@@ -172,18 +180,27 @@ def crossbar_function(encoding: str, onnx_opset: int) -> ir.Function:
     pad = b("Sub", b("ReduceProd", tile_shape, keepdims=1), k)
     padded = b("Pad", planes, b("Concat", b.ints(0, 0, 0, 0, 0), pad, axis=0))
     xt = b("Transpose", b("Reshape", padded, b("Concat", b.ints(-1), tile_shape, axis=0)), perm=[1, 0, 2])
-    # ADC input in units of one code, then the ADC
-    codes = b("MatMul", b("Mul", xt, b.ref("inv_step")), "levels")
-    codes = b("Clip", b("Round", codes), b.ref("code_lo"), b.ref("code_hi"))
-    # digital: sum over row tiles, shift-and-add over cycles and slices
-    summed = b("ReduceSum", codes, b.ints(0), keepdims=0)
+    # ISAAC's encoding: a column whose levels sum past its tile's limit holds top - l
+    per_tile = b("Concat", b("Shape", "levels", end=1), b.ints(1, -1), axis=0)
+    limit = b("Reshape", b.ref("flip_limit", many=True), per_tile)
+    flipped = b("Cast", b("Greater", b("ReduceSum", "levels", b.ints(1), keepdims=1), limit), to=TensorProto.FLOAT)
+    top = b.ref("top")
+    levels = b("Add", "levels", b("Mul", flipped, b("Sub", top, b("Mul", "levels", b("Constant", value_float=2.0)))))
+    # the ADC of each tile (and column): v / step rounded to a code and clipped, flipped columns read back
+    step = b("Reshape", b.ref("step", many=True), per_tile)
+    codes = b("Round", b("Div", b("MatMul", xt, levels), step))
+    codes = b("Max", b("Min", codes, b("Reshape", b.ref("code_hi", many=True), per_tile)),
+              b("Reshape", b.ref("code_lo", many=True), per_tile))
+    digits = b("Div", b("Mul", b("ReduceSum", xt, b.ints(-1), keepdims=1), top), step)
+    codes = b("Add", codes, b("Mul", flipped, b("Sub", digits, b("Mul", codes, b("Constant", value_float=2.0)))))
+    # digital: in level units, summed over row tiles, shifted and added over cycles and slices
+    summed = b("ReduceSum", b("Mul", codes, step), b.ints(0), keepdims=0)
     place_s = b.ref("place_s", many=True)
     grid_shape = b("Concat", b("Shape", place_t), b.ints(-1), b("Shape", place_s), b("Shape", "scale"), axis=0)
     grid = b("Reshape", summed, grid_shape)
     weighted = b("Mul", b("Mul", grid, b("Reshape", place_t, b.ints(-1, 1, 1, 1))),
                  b("Reshape", place_s, b.ints(-1, 1)))
-    acc = b("ReduceSum", weighted, b.ints(0, 2), keepdims=0)
-    y = b("Mul", acc, b.ref("step"))
+    y = b("ReduceSum", weighted, b.ints(0, 2), keepdims=0)
     y = b("Sub", y, b("Mul", b.ref("ref"), b("ReduceSum", xi, b.ints(-1), keepdims=1)))  # offset reference column
     y = b("CastLike", b("Mul", b("Mul", y, sx), "scale"), "x")
     y = b("Reshape", y, b("Concat", b("Shape", "x", end=-1), b("Shape", "scale"), axis=0))

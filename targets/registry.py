@@ -64,30 +64,40 @@ def get_target(target: str | TargetSpec) -> TargetSpec:
 
 # --- presets -------------------------------------------------------------------------------
 
-# ISAAC (Shafiee et al., ISCA 2016, Table I/II): 128x128 ReRAM crossbars with 2-bit cells,
-# 1-bit DAC (inputs streamed bit by bit over 16 cycles for 16-bit data), an 8-bit ADC at
-# 1.28 GS/s shared by the 8 crossbars of an IMA, 12 IMAs per tile, 168 tiles per chip.
+# ISAAC (Shafiee et al., ISCA 2016, Table I/II and Sec. IV): 128x128 ReRAM crossbars with 2-bit cells,
+# 1-bit DAC (inputs streamed bit by bit), an 8-bit ADC at 1.28 GS/s shared by the 8 crossbars of an IMA,
+# 12 IMAs per tile, 168 tiles per chip. Weights are stored with a bias (offset, subtracted digitally) and a
+# column whose weights sum to more than half the maximum is stored flipped, so no column's sum exceeds 192
+# and the 8-bit ADC is exact (the `exact` range mode); inputs are two's complement, the sign bit's cycle
+# weighted negatively. ISAAC streams 16-bit data; 8-bit weights and inputs are this preset's choice.
 # ISAAC assumes ideal cells; the variation below is an illustrative default, set it per device.
 register_target(TargetSpec(
     name="reram-128x128", device=DeviceModel("reram", sigma=0.02), rows=128, cols=128, cell_bits=2,
-    weight_bits=8, input_bits=8, dac_bits=1, adc_bits=8, sign="differential",
+    weight_bits=8, input_bits=8, dac_bits=1, adc_bits=8, adc_range="exact", sign="offset",
     arrays_per_macro=8, macros_per_chip=12 * 168, clock_mhz=10.0,
-    description="ISAAC-style ReRAM: 2-bit cells, bit-serial inputs (1-bit DAC), 8-bit ADC",
-    source="Shafiee et al., ISAAC, ISCA 2016, Tables I-II (crossbar 128x128, 2 bits/cell, 8-bit ADC, 100 ns read)",
+    extra=(("input_encoding", "twos-complement"),),
+    description="ISAAC-style ReRAM: 2-bit cells, biased weights, bit-serial two's-complement inputs (1-bit DAC), "
+                "8-bit ADC made exact by ISAAC's flipped-column encoding",
+    source="Shafiee et al., ISAAC, ISCA 2016, Tables I-II and Sec. IV (crossbar 128x128, 2 bits/cell, 1-bit DAC, "
+           "8-bit ADC, biased weights, flipped columns, 100 ns read)",
 ))
 
-# PRIME (Chi et al., ISCA 2016, Sec. III-IV): 256x256 ReRAM mats with 4-bit MLC cells,
-# 3-bit input voltages (multi-bit DAC) and 6-bit sense-amplifier outputs.
+# PRIME (Chi et al., ISCA 2016, Sec. III-IV): 256x256 ReRAM mats with 4-bit MLC cells, positive and
+# negative weights in two arrays subtracted (differential), 3-bit input voltages (multi-bit DAC, two
+# cycles for 6-bit inputs) and 6-bit sense-amplifier outputs that keep the most significant bits of the
+# sum: a power-of-two step over the full range, the `exact` mode (which cannot be exact at 6 bits).
 register_target(TargetSpec(
     name="reram-256x256", device=DeviceModel("reram", sigma=0.02), rows=256, cols=256, cell_bits=4,
-    weight_bits=8, input_bits=6, dac_bits=3, adc_bits=6, sign="differential",
+    weight_bits=8, input_bits=6, dac_bits=3, adc_bits=6, adc_range="exact", sign="differential",
     arrays_per_macro=2, macros_per_chip=64 * 8, clock_mhz=10.0,
-    description="PRIME-style ReRAM: 4-bit cells, 3-bit DAC, 6-bit ADC",
+    description="PRIME-style ReRAM: 4-bit cells, 3-bit DAC, 6-bit ADC keeping the top bits of each sum",
     source="Chi et al., PRIME, ISCA 2016, Sec. III (256x256 mats, 4-bit MLC, 3-bit input, 6-bit output)",
 ), family_base=False)
 
 # FeFET arrays of the CiM retrieval line of work (Qin et al., Robust Implementation of RAG on
-# edge-based CiM, 2024): 2-bit FeFET cells in 64x64 arrays.
+# edge-based CiM, 2024): 2-bit FeFET cells in 64x64 arrays. That work models device variation on the
+# weights, not the periphery: the 8-bit DAC applies every input bit at once (so `bit-serial` runs as `adc`)
+# and the 8-bit full-scale ADC is an illustrative choice; `cm.calibrate` gives the realistic ranges.
 register_target(TargetSpec(
     name="fefet-64x64", device=DeviceModel("fefet", sigma=0.05), rows=64, cols=64, cell_bits=2,
     weight_bits=8, input_bits=8, dac_bits=8, adc_bits=8, sign="differential",
@@ -109,7 +119,9 @@ def _neft_device(name: str, factor: float, sigma: float = 0.1) -> DeviceModel:
 
 
 # Device factors s = 1, 4, 2, 6 (rram1, rram4, fefet2, fefet6); sigma 0.1 is NVCiM-PT's main
-# setting (Qin et al., DATE 2025, Sec. IV).
+# setting (Qin et al., DATE 2025, Sec. IV). The group's model puts the variation on the weights and has
+# no DAC or ADC: `noisy` is the fidelity their figures correspond to. The 8-bit DAC (one input cycle, so
+# `bit-serial` runs as `adc`) and 8-bit full-scale ADC are illustrative; `cm.calibrate` sets real ranges.
 for _name, _factor in (("rram1", 1.0), ("rram4", 4.0), ("fefet2", 2.0), ("fefet6", 6.0)):
     register_target(TargetSpec(
         name=f"{_name}-128x128", device=_neft_device(_name, _factor), rows=128, cols=128, cell_bits=2,
@@ -121,7 +133,9 @@ for _name, _factor in (("rram1", 1.0), ("rram4", 4.0), ("fefet2", 2.0), ("fefet6
 
 # PCM after the statistical model of Joshi et al., Nature Communications 11, 2473 (2020),
 # as documented for aihwkit's PCM inference model: g_max 25 uS, programming noise of a few
-# percent of g_max, read noise, drift exponent ~0.05 around t0 = 20 s.
+# percent of g_max, read noise, drift exponent ~0.05 around t0 = 20 s. The statistics are of the cells;
+# the 8-bit DAC (one input cycle, so `bit-serial` runs as `adc`) and the 8-bit full-scale ADC are
+# illustrative; `cm.calibrate` sets real ranges.
 register_target(TargetSpec(
     name="pcm-256x256",
     device=DeviceModel("pcm", sigma=0.03, read_sigma=0.01, drift_nu=0.05, drift_t0_s=20.0, g_min_us=0.0, g_max_us=25.0),

@@ -30,13 +30,11 @@ machines this is tested on, its fp32 GEMM runs 2.5x faster than the MKL BLAS beh
 product is one fused Triton kernel (`simulator_triton.py`), and so is the per-token input
 quantization.
 
-ADC: `adc_bits` codes on a grid aligned on zero, `code = clamp(round(v / step), lo, lo +
-2^adc_bits - 1)`, as a signed ADC reads; the codes are plain integers for the shift-and-add.
-Full scale covers the largest partial sum a row tile can produce (`[0, FS]` for unipolar
-digits on offset columns, signed codes over `[-FS, FS]` otherwise) with a power-of-two step,
-so integer sums stay exact once the ADC has enough bits. `cm.calibrate` replaces it per op by
-the observed `[min, max]` of the partial sums (`state.adc_range`): `step = (max - min) /
-(2^adc_bits - 1)`, starting at the code nearest `min`.
+ADC (`targets/adc.py`): `adc_bits` codes on a grid aligned on zero, `code = clamp(round(v / step), lo, hi)`,
+per row tile (and, calibrated per column, per column), in one of the range modes `exact` (a power-of-two step
+that holds the tile's largest partial sum, with ISAAC's flipped columns where they apply), `full-scale` (that
+sum over the codes) or `calibrated` (`cm.calibrate`'s observed range, its step snapped to the level grid where
+that loses nothing). The codes times their step are summed over row tiles, then shifted and added.
 
 Inputs with NaN or infinities raise `InputError` naming the op that saw them; on a GPU the
 check is queued and read once per forward (`deferred_checks`) instead of syncing per op.
@@ -51,6 +49,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torch.nn.functional as F
+from nvcc_pt.targets.adc import Grid, RangeRecorder, grid
 from nvcc_pt.targets.devices import (
     TINY,
     digit_max,
@@ -78,9 +77,11 @@ CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
 chunks under it. On CPU it holds one row tile's partial sums: a block that stays in the core's cache keeps the
 ADC passes cheap. On CUDA it holds the fused kernel's DAC planes and per-slice sums."""
 
-_calibration: dict[str, list[float]] | None = None
+_calibration: dict[str, RangeRecorder] | None = None
+_calibration_options: tuple[bool, float | None] = (False, None)
 _adc_observer = None
-"""While `observing_adc` is open: called as `(op, partial sums in ADC steps, lowest code, highest code)`."""
+"""While `observing_adc` is open: called as `(op, partial sums in ADC steps, lowest code, highest code)` (the codes
+are numbers, or `[S*N]` tensors where the op's ADC is calibrated per column)."""
 
 
 def _quantize(x: torch.Tensor, bits: int, dequantize: bool,
@@ -222,14 +223,16 @@ def observing_adc(observer):
 
 
 @contextmanager
-def recording_ranges():
-    """Within the block, crossbar paths record each op's partial-sum range: yields {op: [min, max]}."""
-    global _calibration
+def recording_ranges(per_column: bool = False, percentile: float | None = None):
+    """Within the block, crossbar paths record the partial sums each op's ADC sees: yields {op: `RangeRecorder`}
+    (`.range()` is what `cm.calibrate` stores: per op, or per row tile and column; a percentile range clips)."""
+    global _calibration, _calibration_options
     previous, _calibration = _calibration, {}
+    previous_options, _calibration_options = _calibration_options, (per_column, percentile)
     try:
         yield _calibration
     finally:
-        _calibration = previous
+        _calibration, _calibration_options = previous, previous_options
 
 
 _deferred: list[tuple[str, torch.Tensor]] | None = None
@@ -300,27 +303,6 @@ def deferred_checks():
     raise_if_nonfinite(queued)
 
 
-def _adc_grid(cfg: dict, adc_range: torch.Tensor, bit_serial: bool) -> tuple[int, float]:
-    """(lowest code, step) of one op's ADC: it reads `clamp(round(v / step), lo, lo + 2^adc_bits - 1)`.
-
-    The grid is aligned on zero (code `c` stands for `c * step`), as a signed ADC's is, so codes are
-    plain integers for the digital shift-and-add. Full scale covers the largest partial sum a row tile
-    can produce with a power-of-two step; a calibrated range `[lo, hi]` sets `step = (hi - lo) / codes`
-    and starts at the code nearest `lo`.
-    """
-    codes = 2 ** cfg["adc_bits"] - 1
-    if adc_range.numel() == 2:
-        lo, hi = adc_range.tolist()
-        step = max(hi - lo, 1e-12) / codes
-        return round(lo / step), step
-    dmax, bipolar = digit_max(cfg, bit_serial)
-    full = cfg["rows"] * (2 ** cfg["cell_bits"] - 1) * dmax
-    if bipolar or cfg["sign"] == "differential":  # signed codes -2^(b-1) .. 2^(b-1) - 1
-        half = 2 ** (cfg["adc_bits"] - 1)
-        return -half, 2.0 ** math.ceil(math.log2(full / max(half - 1, 1)))
-    return 0, 2.0 ** math.ceil(math.log2(full / codes))
-
-
 def _onednn_linear(x: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, w_t, None, "none", [], "")
 
@@ -373,51 +355,97 @@ def _tile_product(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return x @ levels
 
 
-def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, inv_step: float, lo: int, hi: int,
-                op: str, clips: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """ADC codes of every row tile summed over tiles: `[T*b, S*N]` for DAC planes `[T, b, K]`.
+def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, g: Grid, op: str,
+                clips: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """ADC outputs of every row tile summed over tiles, in level units: `[T*b, S*N]` for DAC planes `[T, b, K]`.
 
     One GEMM per row tile; its block of partial sums (sized by `CHUNK_BYTES`) is rounded, clipped and
-    accumulated in place while it is still in cache. With `clips`, appends `[R, b, N]`: whether any of
-    row tile r's reads for (row, output) fell outside the ADC's codes (for the gradient, `ops.CLIPPED`).
+    accumulated in place while it is still in cache. `levels` are as the columns hold them (flipped where
+    `g.flip` says; those codes are read back as `top * sum(digits) - code`). With `clips`, appends `[R, b, N]`:
+    whether any of row tile r's reads for (row, output) fell outside the ADC's codes (for the gradient, `ops.CLIPPED`).
     """
     tiles, rows, _ = levels.shape
     cycles, b, k = planes.shape
-    xt = F.pad(planes * inv_step, (0, tiles * rows - k)).view(cycles * b, tiles, rows)
+    xt = F.pad(planes, (0, tiles * rows - k)).view(cycles * b, tiles, rows)
+    common = not g.per_column and bool((g.step == g.step[0, 0]).all())  # sum codes, scale once at the end
+    recorder = None
+    if _calibration is not None:
+        recorder = _calibration.setdefault(op, RangeRecorder(*_calibration_options))
     acc = None
     outside = []
     for r in range(tiles):
-        codes = _tile_product(xt[:, r], levels[r])
+        # in units of one code: v / step, correctly rounded (ties round alike everywhere); a power-of-two step
+        # scales the inputs instead, exactly and for free
+        if g.per_column:
+            _, step, lo, hi = (t[r].to(levels.device) for t in (g.inv_step, g.step, g.lo, g.hi))
+            codes = _tile_product(xt[:, r], levels[r]).div_(step)
+        else:
+            inv, step, lo, hi = g.scalars(r)
+            exact_inv = math.frexp(inv)[0] == 0.5
+            codes = _tile_product(xt[:, r] * inv, levels[r]) if exact_inv else _tile_product(xt[:, r], levels[r]).div_(step)
+        sign = correction = None
+        if g.flip is not None and bool(g.flip[r].any()):  # flipped columns read top * sum(digits) - sum
+            flipped = g.flip[r].to(codes.dtype)
+            sign = 1 - 2 * flipped
+            correction = (xt[:, r].sum(1, keepdim=True) * g.top / step) * flipped
+        if recorder is not None:  # what the column sums to, unflipped, in level units
+            true = codes if sign is None else codes * sign + correction
+            recorder.update(r, true * step)
         if clips is not None:  # any cycle's read of (row, column) rounding past the end codes
             low, high = torch.aminmax(codes)  # one contiguous pass: a full-scale ADC never clips
-            if low < lo - 0.5 or high >= hi + 0.5:
+            if g.per_column or low < lo - 0.5 or high >= hi + 0.5:
                 outside.append(((codes < lo - 0.5) | (codes >= hi + 0.5)).view(cycles, b, -1).any(0))
             else:
                 outside.append(torch.zeros(b, codes.shape[-1], dtype=torch.bool, device=codes.device))
-        if _calibration is not None:
-            seen = _calibration.setdefault(op, [math.inf, -math.inf])
-            seen[0] = min(seen[0], codes.min().item() / inv_step)
-            seen[1] = max(seen[1], codes.max().item() / inv_step)
         if _adc_observer is not None:
             _adc_observer(op, codes, lo, hi)
         codes = codes.round_().clamp_(lo, hi)
+        if sign is not None:
+            codes = codes.mul_(sign).add_(correction)
+        if not common:
+            codes = codes.mul_(step)
         acc = codes if acc is None else acc.add_(codes)
     if clips is not None:
         clips.append(torch.stack(outside))  # [R, b, S*N]
-    return acc
+    return acc.mul_(float(g.step[0, 0])) if common else acc
 
 
-def _may_clip(planes: torch.Tensor, tile_peak: torch.Tensor, rows: int, inv_step: float, lo: int, hi: int) -> bool:
+def _place_sum(parts: torch.Tensor, places: torch.Tensor) -> torch.Tensor:
+    """`sum_t places[t] * parts[t]` in a fixed order: a row's result does not depend on the batch around it (the
+    ADC outputs are not integers once a step is not a power of two, so a GEMM's blocking would show)."""
+    total = parts[0] * float(places[0])
+    for part, place in zip(parts[1:], places[1:].tolist()):
+        total.add_(part, alpha=place)
+    return total
+
+
+def _clip_limits(g: Grid, levels: torch.Tensor, bipolar: bool) -> tuple[torch.Tensor, ...]:
+    """What `_may_clip` compares against, per row tile: the largest and the most negative level as the columns hold
+    them (for a bipolar DAC, whose digits can be negative, both the largest |level|), the smallest partial sum (in
+    level units) that reads above the top code and the largest that reads below the lowest, over the tile's
+    columns; and the rows of a tile."""
+    top = levels.amax((1, 2)).clamp(min=0)
+    bottom = (-levels.amin((1, 2))).clamp(min=0)
+    if bipolar:
+        top = bottom = torch.maximum(top, bottom)
+    above = ((g.hi + 0.5) * g.step).amin(-1).to(levels.device)
+    below = ((g.lo - 0.5) * g.step).amax(-1).to(levels.device)
+    return top, bottom, above, below, levels.shape[1]
+
+
+def _may_clip(planes: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, above: torch.Tensor,
+              below: torch.Tensor, rows: int) -> bool:
     """Whether any read of DAC planes `[T, b, K]` can fall outside the ADC's codes, by a bound, not by reading.
 
-    A row tile's partial sum is at most (the sum of |digits| on its rows) x (its largest |level|, `tile_peak` `[R]`)
-    in size; where that bound stays inside the codes no read clipped, and the fused kernel need not record flags.
+    A row tile's partial sum lies within (the sum of |digits| on its rows) x (its largest level, or its most negative
+    one) (`_clip_limits`); where that stays inside every column's codes, with a margin for the division's rounding,
+    no read clipped and the fused kernel need not record flags.
     """
     cycles, b, k = planes.shape
-    tiles = tile_peak.shape[0]
+    tiles = top.shape[0]
     digits = F.pad(planes.abs(), (0, tiles * rows - k)).view(cycles, b, tiles, rows).sum(-1).amax((0, 1))
-    bound = digits * tile_peak * inv_step
-    return bool(((bound >= hi + 0.5) | (-bound < lo - 0.5)).any())
+    digits = digits * (1 + 1e-5)
+    return bool(((digits * top >= above) | (-digits * bottom <= below)).any())
 
 
 def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_range: torch.Tensor,
@@ -430,14 +458,15 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     slices = cfg["slices"]
     xi, sx = _quantize(x, cfg["input_bits"], dequantize=False)
     _check_finite(sx, cfg)
+    g = grid(cfg, adc_range, bit_serial, x.shape[-1], levels)  # flips read from the programmed levels
     read = cfg.get("read_sigma", 0.0) * (2 ** cfg["cell_bits"] - 1)
     if read > 0:  # fresh read noise per call; a differential pair reads two independent cells
         factor = math.sqrt(2) if cfg["sign"] == "differential" else 1.0
         noise = torch.randn(levels.shape, generator=read_generator(scale, cfg, levels.device), device=levels.device,
                             dtype=levels.dtype)
         levels = levels + noise.mul_(read * factor)
-    lo, step = _adc_grid(cfg, adc_range, bit_serial)
-    hi = lo + 2 ** cfg["adc_bits"] - 1
+    if g.flip is not None:  # ISAAC's encoding: those columns hold top - l
+        levels = torch.where(g.flip[:, None, :], g.top - levels, levels)
     place_s = slice_places(cfg["cell_bits"], slices, x.device)
     cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
@@ -445,8 +474,9 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     clips: list[torch.Tensor] | None = [] if record_clips else None
     if fused is not None:  # the fused kernel keeps only each chunk's planes (float16), per-slice sums and clip flags
         hi_lo = fused.split_levels(levels)
+        adc_at = fused.grid_arrays(g, levels.shape[0], sn, x.device)
         chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1] + levels.shape[0] * sn // slices * record_clips))
-        tile_peak = levels.abs().amax((1, 2)) if record_clips else None
+        limits = _clip_limits(g, levels, digit_max(cfg, bit_serial)[1]) if record_clips else None
     else:
         chunk = max(1, budget // (4 * cycles * sn))
     out = []
@@ -454,16 +484,16 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
         if fused is not None:
             flags = None
-            if clips is not None and _may_clip(planes, tile_peak, levels.shape[1], 1.0 / step, lo, hi):
+            if clips is not None and _may_clip(planes, *limits):
                 flags = torch.zeros(levels.shape[0], planes.shape[1], sn // slices, device=x.device, dtype=torch.int8)
                 clips.append(flags.view(torch.bool))  # already reduced over slices
-            acc = fused.crossbar_codes(planes, *hi_lo, place_t, 1.0 / step, lo, hi, flags)
+            acc = fused.crossbar_codes(planes, *hi_lo, place_t, *adc_at, clips=flags)
         else:
-            acc = _tile_codes(planes, levels, 1.0 / step, lo, hi, cfg["op"], clips)
+            acc = _tile_codes(planes, levels, g, cfg["op"], clips)
             if cycles > 1:  # shift-and-add over input cycles
-                acc = torch.mm(place_t[None], acc.view(cycles, -1))
-        out.append(torch.matmul(place_s, acc.view(-1, slices, sn // slices)))  # and over slices
-    y = (torch.cat(out) if len(out) > 1 else out[0]) * step
+                acc = _place_sum(acc.view(cycles, -1, sn), place_t)
+        out.append(_place_sum(acc.view(-1, slices, sn // slices).transpose(0, 1), place_s))  # and over slices
+    y = torch.cat(out) if len(out) > 1 else out[0]
     if clips:  # a (tile, output) pair is clipped if any slice's read was; no mask if nothing clipped
         mask = torch.cat(clips, dim=1) if len(clips) > 1 else clips[0]
         if fused is None:

@@ -41,12 +41,19 @@ def _split(w):
     return hi, (w - hi.to(tl.float32)).to(tl.float16)
 
 
-@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "CLIPS"])  # recording clips needs more registers
+@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "GRID_COLS", "FLIP", "CLIPS", "POW2"])
 @triton.jit
-def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, clip_ptr, B, K, SN, NC, T, R, ROWS, inv_step,
-                     code_lo, code_hi, CLIPS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """y[b, c] = sum over tiles r and cycles t of place[t] * ADC(planes[t, b, tile r] . levels[tile r, c]).
+def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr, chi_ptr, flip_ptr, clip_ptr,
+                     B, K, SN, NC, T, R, ROWS, top, GRID_COLS: tl.constexpr, FLIP: tl.constexpr, CLIPS: tl.constexpr,
+                     POW2: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """y[b, c] = sum over tiles r and cycles t of place[t] * step[r, c] * ADC_rc(planes[t, b, tile r] . levels[tile r, c]).
 
+    The ADC divides by the step, correctly rounded, as the CPU path does, so ties round alike.
+
+    The grid arrays are `[R, 1]` (GRID_COLS false) or `[R, S*N]`; with FLIP, columns marked in `flip` `[R, S*N]`
+    hold flipped levels and read back `top * sum(digits) - code` (`targets.adc`).
+
+    With POW2 (every step a power of two) the division is a multiplication by the inverse, exactly.
     With CLIPS, also sets clip[r, b, c % NC] to 1 where any cycle's read of tile r for (b, c) fell outside the ADC's
     codes: column c = s * NC + n is slice s of output n, so the slices of one output share a flag (set, never
     cleared, so programs that race on it agree).
@@ -63,18 +70,33 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, clip_ptr, B, K, SN
         levels_ok = (rk < ROWS)[:, None] & n_ok[None, :]
         hi = tl.load(hi_ptr + levels_at, mask=levels_ok, other=0.0)
         lo = tl.load(lo_ptr + levels_at, mask=levels_ok, other=0.0)
+        if GRID_COLS:
+            at = r * SN + rn
+        else:
+            at = r + rn * 0
+        step = tl.load(step_ptr + at, mask=n_ok, other=1.0)[None, :]
+        code_lo = tl.load(clo_ptr + at, mask=n_ok, other=0.0)[None, :]
+        code_hi = tl.load(chi_ptr + at, mask=n_ok, other=0.0)[None, :]
         planes_ok = m_ok[:, None] & ((rk < ROWS) & (k < K))[None, :]
         v_min = tl.full((BM, BN), float("inf"), dtype=tl.float32)
         v_max = tl.full((BM, BN), -float("inf"), dtype=tl.float32)
         for t in range(T):
             p = tl.load(p_ptr + (t * B + rm)[:, None] * K + k[None, :], mask=planes_ok, other=0.0)
-            v = tl.dot(p, hi, acc=tl.dot(p, lo)) * inv_step
+            partial = tl.dot(p, hi, acc=tl.dot(p, lo))
+            if POW2:
+                v = partial * (1.0 / step)
+            else:
+                v = libdevice.div_rn(partial, step)
             if CLIPS:  # the extremes over cycles: two operations per read instead of a test per read
                 v_min = tl.minimum(v_min, v)
                 v_max = tl.maximum(v_max, v)
             code = tl.minimum(tl.maximum(libdevice.rint(v), code_lo), code_hi)
-            y += tl.load(place_ptr + t) * code
-        if CLIPS:  # the same test as the eager path's, on the unrounded codes; a store only where one clipped
+            if FLIP:
+                flipped = tl.load(flip_ptr + r * SN + rn, mask=n_ok, other=0.0)[None, :]
+                digits = tl.sum(p.to(tl.float32), axis=1)[:, None]
+                code = code * (1 - 2 * flipped) + libdevice.div_rn(digits * top, step) * flipped
+            y += tl.load(place_ptr + t) * code * step
+        if CLIPS:  # the eager path's test on the unrounded codes; a store only where a read clipped
             outside = (v_min < code_lo - 0.5) | (v_max >= code_hi + 0.5)
             clip_at = (r * B + rm)[:, None] * NC + (rn % NC)[None, :]
             tl.store(clip_ptr + clip_at, tl.full((BM, BN), 1, tl.int8), mask=m_ok[:, None] & n_ok[None, :] & outside)
@@ -87,14 +109,39 @@ def split_levels(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, (levels - hi.float()).half()
 
 
-def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, place_t: torch.Tensor,
-                   inv_step: float, code_lo: int, code_hi: int,
-                   clips: torch.Tensor | None = None) -> torch.Tensor:
-    """ADC codes summed over row tiles and shifted-and-added over cycles: `[B, S*N]` for planes `[T, B, K]`.
+_GRIDS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
-    `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`); `place_t`: each cycle's place value `[T]`.
-    `clips`, a zeroed int8 `[R, B, N]`, gets 1 where any cycle's read of a row tile, in any slice, clipped (the
-    gradient's mask).
+
+def grid_arrays(g, tiles: int, sn: int, device: torch.device) -> tuple:
+    """The kernel's view of an ADC grid (`targets.adc.Grid`): (inv_step, step, lo, hi, flip, top, pow2) on `device`;
+    `pow2` says every step is a power of two (known on the host; a grid on the device is taken not to be).
+
+    A grid held on the host is copied once per distinct grid and device (a copy from the host cannot be
+    recorded into a CUDA graph, and the same few grids serve every call).
+    """
+    arrays = (g.inv_step, g.step, g.lo, g.hi)
+    pow2 = arrays[1].device.type == "cpu" and bool((torch.frexp(arrays[1].float())[0] == 0.5).all())
+    if g.per_column or arrays[0].device.type != "cpu":
+        arrays = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in arrays)
+    else:
+        key = (str(device), *(tuple(t.reshape(-1).tolist()) for t in arrays))
+        if key not in _GRIDS:
+            _GRIDS[key] = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in arrays)
+        arrays = _GRIDS[key]
+    flip = g.flip.to(torch.float32).contiguous() if g.flip is not None else None
+    return (*arrays, flip, g.top, pow2)
+
+
+def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, place_t: torch.Tensor,
+                   inv_step: torch.Tensor, step: torch.Tensor, code_lo: torch.Tensor, code_hi: torch.Tensor,
+                   flip: torch.Tensor | None, top: float, pow2: bool = False,
+                   clips: torch.Tensor | None = None) -> torch.Tensor:
+    """ADC outputs (in level units) summed over row tiles and shifted-and-added over cycles: `[B, S*N]` for planes
+    `[T, B, K]`.
+
+    `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`); `place_t`: each cycle's place value `[T]`;
+    the grid as `grid_arrays` gives it. `clips`, a zeroed int8 `[R, B, N]`, gets 1 where any cycle's read of a row
+    tile, in any slice, clipped (the gradient's mask).
     """
     cycles, batch, k = planes.shape
     tiles, rows, sn = hi.shape
@@ -104,10 +151,11 @@ def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, pla
     y = torch.empty(batch, sn, device=planes.device, dtype=torch.float32)
     bk = max(16, triton.next_power_of_2(rows))
     grid = lambda meta: (triton.cdiv(batch, meta["BM"]), triton.cdiv(sn, meta["BN"]))  # noqa: E731
-    ncol = sn if clips is None else clips.shape[-1]
-    _crossbar_kernel[grid](p, hi, lo, place_t.float().contiguous(), y, y if clips is None else clips, batch, k, sn,
-                           ncol, cycles, tiles, rows, float(inv_step), float(code_lo), float(code_hi),
-                           CLIPS=clips is not None, BK=bk)
+    _crossbar_kernel[grid](p, hi, lo, place_t.float().contiguous(), y, step, code_lo, code_hi,
+                           flip if flip is not None else step, y if clips is None else clips, batch, k, sn,
+                           sn if clips is None else clips.shape[-1], cycles, tiles, rows, float(top),
+                           GRID_COLS=inv_step.shape[-1] > 1, FLIP=flip is not None, CLIPS=clips is not None,
+                           POW2=pow2, BK=bk)
     return y
 
 

@@ -18,7 +18,10 @@ from nvcc_pt.errors import TargetError
 from nvcc_pt.meta import VARIATIONS, NoiseInfo
 
 SIGN_ENCODINGS = ("differential", "offset")
-ADC_RANGES = ("full-scale", "calibrated")
+ADC_RANGES = ("exact", "full-scale", "calibrated")
+"""ADC range modes (`nvcc_pt.targets.adc`): `exact` (a power-of-two step that holds the largest partial sum, with
+ISAAC's flipped columns where they apply: exact whenever the bits allow), `full-scale` (the largest partial sum
+over the codes), `calibrated` (the range `cm.calibrate` observes; full scale until then)."""
 INPUT_ENCODINGS = ("two-phase", "twos-complement")
 
 # Bounds the simulator's arithmetic honours exactly (docs/numerics: float32 holds integers up to 2^24).
@@ -144,7 +147,7 @@ class TargetSpec:
 
     Example:
         >>> spec = get_target("reram-128x128").replace(adc_bits=6)
-        >>> spec.slices   # 7 magnitude bits on 2-bit cells
+        >>> spec.slices   # 8 offset magnitude bits on 2-bit cells
         4
     """
 
@@ -167,7 +170,7 @@ class TargetSpec:
     adc_bits: int = 8
     """ADC resolution per array-column conversion; 1 to 24 (codes are exact float32 integers)."""
     adc_range: str = "full-scale"
-    """`full-scale` (the largest possible partial sum) or `calibrated` (from `cm.calibrate`)."""
+    """ADC range mode, one of `ADC_RANGES`: `exact`, `full-scale` or `calibrated` (`nvcc_pt.targets.adc`)."""
     sign: str = "differential"
     """`differential` (W+ and W- columns) or `offset` (W + 2^(b-1), reference subtracted digitally)."""
     arrays_per_macro: int = 8

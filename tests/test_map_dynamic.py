@@ -185,12 +185,14 @@ def _reference(a, b, cfg, seed, op_index, call):
     n, k = b.shape[-1], b.shape[-2]
     w = b.transpose(-2, -1).reshape(-1, k)
     wq, scale = quantize_weight(w, cfg["weight_bits"])
-    levels = slice_levels(magnitudes(wq, "differential", cfg["weight_bits"]), cfg["cell_bits"], cfg["slices"])
+    levels = slice_levels(magnitudes(wq, cfg["sign"], cfg["weight_bits"]), cfg["cell_bits"], cfg["slices"])
     levels = levels.transpose(0, 1)  # [P, S, N, K]
     noise = NoiseInfo("reram", 0.0, tuple(cfg["level_sigmas"]))
     cells = program_levels(levels, noise, cfg["cell_bits"], write_generator(seed, op_index, call))
     place = torch.tensor([4.0**s for s in range(cfg["slices"])])
-    w_eff = ((cells[0] - cells[1]) * place[:, None, None]).sum(0) * scale[:, None]
+    mag = (cells * place[:, None, None]).sum(1)  # [P, N, K]
+    w_eff = (mag[0] - mag[1] if cfg["sign"] == "differential" else mag[0] - 2 ** (cfg["weight_bits"] - 1))
+    w_eff = w_eff * scale[:, None]
     a_scale = a.abs().amax(-1, keepdim=True) / 127
     aq = torch.round(a / a_scale) * a_scale
     return aq @ w_eff.view(*b.shape[:-2], n, k).transpose(-2, -1)
@@ -199,7 +201,7 @@ def _reference(a, b, cfg, seed, op_index, call):
 def test_noisy_op_equals_a_hand_built_reference_and_draws_per_call(noisy):
     name, state = write_states(noisy.graph_module)[1]
     cfg = state.config
-    assert cfg["fidelity"] == "noisy" and cfg["sign"] == "differential"
+    assert cfg["fidelity"] == "noisy" and cfg["sign"] == "offset"  # the ISAAC preset's biased weights
     g = torch.Generator().manual_seed(5)
     a, b = torch.randn(2, 2, 8, 8, generator=g), torch.randn(2, 2, 8, 18, generator=g)
     state.reseed(11)
@@ -257,7 +259,7 @@ def test_straight_through_gradient_is_that_of_the_product(noisy):
 def test_cell_writes_and_write_energy_follow_the_shapes(llama, noisy):
     cfg = llama.config
     heads, head_dim, seq = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads, 8
-    slices, sign_columns = math.ceil((8 - 1) / 2), 2  # 8-bit differential weights in 2-bit cells
+    slices, sign_columns = math.ceil(8 / 2), 1  # 8-bit offset (biased) weights in 2-bit cells
     per_op = heads * head_dim * seq * slices * sign_columns  # K^T [d, S] or V [S, d] per head
     dynamic = noisy.report.totals["dynamic"]
     assert dynamic["mapped_ops"] == 2 * cfg.num_hidden_layers

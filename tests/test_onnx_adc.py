@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from nvcc_pt.targets.simulator import _adc_grid, recording_ranges
+from nvcc_pt.targets.adc import grid
+from nvcc_pt.targets.simulator import recording_ranges
 from test_onnx import _HeadInput, feeds, ids_of, mismatch, session, tiny_llama
 from torch import nn
 
@@ -40,7 +41,7 @@ def head_units(cm, *args) -> tuple[float, float]:
     x, w, cfg = run.head
     state = dict(cm.plan.states())[cfg["op"]]
     sx = float(x.abs().max()) / (2 ** (cfg["input_bits"] - 1) - 1)
-    _, step = _adc_grid(state.config, state.adc_range, cm.fidelity == "bit-serial")
+    step = float(grid(state.config, state.adc_range, cm.fidelity == "bit-serial", x.shape[-1]).step.max())
     return sx * float(w.abs().max()), step * sx * float(state.scale.max())
 
 
@@ -70,10 +71,12 @@ def check_export(cm, path) -> onnx.ModelProto:
 # -- a plain module: odd sizes, several row tiles, padding, every sign and input encoding ---------
 K, H, N = 37, 45, 11
 SPECS = {
-    "differential": {},
-    "offset-dac2": {"sign": "offset", "dac_bits": 2, "adc_bits": 6},
+    "differential": {"sign": "differential", "adc_range": "full-scale", "extra": (("input_encoding", "two-phase"),)},
+    "offset-dac2": {"sign": "offset", "dac_bits": 2, "adc_bits": 6, "extra": (("input_encoding", "two-phase"),)},
     "twos-complement": {"extra": (("input_encoding", "twos-complement"),), "dac_bits": 3, "input_bits": 7},
+    "isaac": {},
 }
+"""The preset's ISAAC encoding (offset weights, exact range with flipped columns, two's complement) and others."""
 
 
 def mlp_inputs(batch: int, seed: int) -> torch.Tensor:
@@ -115,7 +118,17 @@ def test_mlp_matches_simulator(fidelity, spec, calibrated, tmp_path):
             cm(mlp_inputs(13, 13))
         state = cm.plan.states()[0][1]
         lo, hi = state.adc_range.tolist()
-        assert seen[state.config["op"]][0] < lo or seen[state.config["op"]][1] > hi  # the ADC clips
+        seen_lo, seen_hi = seen[state.config["op"]].range().tolist()
+        assert seen_lo < lo or seen_hi > hi  # the ADC clips
+    path = cm.export_onnx(tmp_path / "mlp.onnx")
+    check_export(cm, path)
+    compare_mlp(cm, path)
+
+
+@pytest.mark.parametrize("spec", ["differential", "isaac"])
+def test_per_column_and_percentile_ranges_export(spec, tmp_path):
+    cm = mlp_cm("bit-serial", SPECS[spec]).calibrate([mlp_inputs(8, 1)], per_column=True, percentile=99.0)
+    assert cm.plan.states()[0][1].adc_range.dim() == 3
     path = cm.export_onnx(tmp_path / "mlp.onnx")
     check_export(cm, path)
     compare_mlp(cm, path)

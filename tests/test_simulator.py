@@ -21,7 +21,8 @@ def _model() -> torch.nn.Module:
 
 
 def _spec(**changes):
-    base = dict(rows=16, cols=24, sigma=0.0)
+    base = dict(rows=16, cols=24, sigma=0.0, sign="differential", adc_range="full-scale",
+                extra=(("input_encoding", "two-phase"),))
     base.update(changes)
     return nvcc_pt.get_target("reram-128x128").replace(**base)
 
@@ -71,6 +72,29 @@ def ref_cycles(xi: torch.Tensor, cfg: dict, bit_serial: bool) -> list[tuple[torc
     return cycles
 
 
+def ref_window(cfg, tile_rows, bipolar, flipped, adc_range=None):
+    """(lowest code, step) of one tile's ADC, written out from the range modes' definitions."""
+    top, codes = 2 ** cfg["cell_bits"] - 1, 2 ** cfg["adc_bits"] - 1
+    half = 2 ** (cfg["adc_bits"] - 1)
+    if adc_range is not None:  # calibrated: step snapped to the level grid where that loses nothing
+        lo, hi = adc_range
+        raw = (hi - lo) / codes
+        if raw <= 1:
+            step = 2.0 ** math.ceil(math.log2(raw))
+        else:
+            step = float(math.ceil(raw)) if math.ceil(raw) ** 2 - 1 <= raw**2 else raw
+        return round(lo / step), step
+    dmax = 2 ** (cfg["input_bits"] - 1) - 1 if bipolar else 2 ** cfg["dac_bits"] - 1
+    full = tile_rows * top * dmax
+    signed = bipolar or cfg["sign"] == "differential"
+    if flipped:
+        full = math.floor(full / 2)
+    step = full / (max(half - 1, 1) if signed else codes)
+    if cfg["adc_range"] == "exact":
+        step = 2.0 ** math.ceil(math.log2(step))
+    return (-half if signed else 0), step
+
+
 def reference(x, w, b, cfg, programmed, scale, bit_serial, adc: bool, adc_range=None):
     n_out, k_in = w.shape
     p_count, s_count = programmed.shape[:2]
@@ -86,32 +110,30 @@ def reference(x, w, b, cfg, programmed, scale, bit_serial, adc: bool, adc_range=
     top, rows = 2 ** cfg["cell_bits"] - 1, cfg["rows"]
     cycles = ref_cycles(xi, cfg, bit_serial)
     bipolar = not bit_serial or cfg["dac_bits"] >= cfg["input_bits"]
-    full = rows * top * (qmax if bipolar else 2 ** cfg["dac_bits"] - 1)
+    flipping = adc_range is None and cfg["adc_range"] == "exact" and p_count == 1 and not bipolar
     codes = 2 ** cfg["adc_bits"] - 1
-    if adc_range is not None:  # a calibrated range, starting at the code nearest its low end
-        lo, hi = adc_range
-        step = (hi - lo) / codes
-        lo = round(lo / step) * step
-    elif bipolar or p_count == 2:  # a signed ADC over [-full, full]: codes -2^(b-1) .. 2^(b-1) - 1
-        half = 2 ** (cfg["adc_bits"] - 1)
-        step = 2.0 ** math.ceil(math.log2(full / (half - 1)))
-        lo = -half * step
-    else:
-        lo, step = 0, 2.0 ** math.ceil(math.log2(full / codes))
     y = torch.zeros(x.shape[0], n_out)
     for r in range(math.ceil(k_in / rows)):
         rs = slice(r * rows, min(k_in, (r + 1) * rows))
+        real_rows = rs.stop - rs.start
+        # ISAAC: a column whose levels sum to more than half its maximum holds top - l
+        flip = (g[rs].sum(0) > top * real_rows / 2) if flipping else torch.zeros(cols, dtype=torch.bool)
+        g_tile = torch.where(flip, top - g[rs], g[rs])
+        lo_code, step = ref_window(cfg, real_rows, bipolar, flipping, adc_range)
         for plane, place in cycles:
             current = torch.zeros(x.shape[0], cols)
             for c in range(math.ceil(cols / cfg["cols"])):
                 cs = slice(c * cfg["cols"], min(cols, (c + 1) * cfg["cols"]))
-                current[:, cs] = plane[:, rs] @ g[rs, cs]
+                current[:, cs] = plane[:, rs] @ g_tile[:, cs]
+            digits = plane[:, rs].sum(1, keepdim=True)
             for s in range(s_count):  # one ADC per (output, slice) column; a differential pair is sensed as one
-                v = current[:, [(n * p_count) * s_count + s for n in range(n_out)]]
+                at = [(n * p_count) * s_count + s for n in range(n_out)]
+                v = current[:, at]
                 if p_count == 2:
                     v = v - current[:, [(n * p_count + 1) * s_count + s for n in range(n_out)]]
                 if adc:
-                    v = lo + torch.round((v - lo) / step).clamp(0, codes) * step
+                    v = step * torch.round(v / step).clamp(lo_code, lo_code + codes)
+                v = torch.where(flip[at], top * digits - v, v)  # a flipped column, read back
                 y += place * 2 ** (cfg["cell_bits"] * s) * v
     if p_count == 1:
         y -= 2 ** (cfg["weight_bits"] - 1) * xi.sum(-1, keepdim=True)
@@ -150,6 +172,12 @@ CASES = [
     ("bit-serial", {"sign": "offset", "sigma": 0.03, "adc_bits": 7}),
     ("bit-serial", {"extra": (("input_encoding", "twos-complement"),), "sigma": 0.05}),
     ("bit-serial", {"extra": (("input_encoding", "twos-complement"),), "dac_bits": 3, "input_bits": 7}),
+    ("adc", {"adc_range": "exact", "adc_bits": 7}),
+    ("bit-serial", {"adc_range": "exact", "sign": "offset", "sigma": 0.05}),
+    ("bit-serial", {"adc_range": "exact", "sign": "offset", "adc_bits": 6,
+                    "extra": (("input_encoding", "twos-complement"),)}),
+    ("bit-serial", {"adc_range": "exact", "sign": "offset", "dac_bits": 2, "sigma": 0.03}),
+    ("bit-serial", {"adc_range": "exact", "sigma": 0.03}),
 ]
 
 
@@ -183,7 +211,7 @@ def test_levels_agree_where_they_should():
     yq = q(x)
     assert_close(q.with_fidelity("noisy")(x), yq)  # ideal devices: noisy is quantized
     for fidelity in ("adc", "bit-serial"):
-        _, _, cm = _compile(_spec(adc_bits=14), fidelity)  # ideal devices, enough ADC bits
+        _, _, cm = _compile(_spec(adc_bits=14, adc_range="exact"), fidelity)  # ideal devices, enough ADC bits
         assert_close(cm(x), yq)
     _, _, dac8 = _compile(_spec(dac_bits=8, sigma=0.05, adc_bits=6), "bit-serial")
     _, _, adc = _compile(_spec(dac_bits=8, sigma=0.05, adc_bits=6), "adc")

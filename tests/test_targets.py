@@ -37,7 +37,7 @@ def test_replace_derives_and_revalidates():
     base = get_target("reram-128x128")
     t = base.replace(adc_bits=6, sigma=0.05)
     assert t.adc_bits == 6 and t.device.sigma == 0.05 and base.adc_bits == 8
-    assert t.slices == 4 and t.replace(sign="offset").slices == 4 and t.replace(cell_bits=1).slices == 7
+    assert t.slices == 4 and t.replace(sign="differential").slices == 4 and t.replace(cell_bits=1).slices == 8
 
 
 @pytest.mark.parametrize("change, match", [
