@@ -91,10 +91,11 @@ class _AdcStats:
     def __init__(self):
         self.ops: dict[str, dict[str, float]] = {}
 
-    def __call__(self, op: str, values: torch.Tensor, lo: int, hi: int) -> None:
+    def __call__(self, op: str, values: torch.Tensor, lo, hi) -> None:
         codes = torch.round(values)
+        span = hi - lo + 1  # per column where the ADC is calibrated per column: its widest
         s = self.ops.setdefault(op, {"reads": 0, "clipped": 0, "low": math.inf, "high": -math.inf,
-                                     "codes": hi - lo + 1})
+                                     "codes": float(span.max()) if isinstance(span, torch.Tensor) else span})
         s["reads"] += codes.numel()
         s["clipped"] += int(((codes < lo) | (codes > hi)).sum())
         low, high = torch.aminmax(codes.clamp(lo, hi))

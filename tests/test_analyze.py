@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -85,11 +86,14 @@ def test_after_calibration_the_fix_is_more_adc_bits(model, batches):
     assert row["suggestion"].startswith("more ADC bits than 3")
 
 
-def test_a_uniform_model_names_no_outlier(model, batches):
+def test_at_eight_bits_the_layer_is_an_ordinary_op(model, batches, bad):
     cm = nvcc_pt.compile(model, "reram-128x128", fidelity="adc")
     a = cm.analyze(batches)
-    assert BAD not in [w["module"] for w in a.worst]
-    assert a.op(BAD)["snr_db"] > 2.0
+    median = statistics.median(r["snr_db"] for r in a.ops)
+    # At 8 bits it sits with the others (its 37 rows fill a third of an array, so it trails a little) ...
+    assert a.op(BAD)["snr_db"] > median - 4.0
+    # ... where at 3 bits it is far below them
+    assert bad[1].op(BAD)["snr_db"] < median - 10.0
 
 
 def test_keyword_batches_with_a_mask(bad, batches):
