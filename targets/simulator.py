@@ -467,7 +467,8 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         levels = levels + noise.mul_(read * factor)
     if g.flip is not None:  # ISAAC's encoding: those columns hold top - l
         levels = torch.where(g.flip[:, None, :], g.top - levels, levels)
-    place_s = slice_places(cfg["cell_bits"], slices, x.device)
+    place_s = slice_places(cfg["cell_bits"], slices)  # on the host: `_place_sum` reads them, and a read from the
+    # device would be a sync (which a CUDA graph cannot record)
     cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
     fused = _fused_kernels() if x.device.type == "cuda" and not recording() else None
@@ -491,7 +492,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         else:
             acc = _tile_codes(planes, levels, g, cfg["op"], clips)
             if cycles > 1:  # shift-and-add over input cycles
-                acc = _place_sum(acc.view(cycles, -1, sn), place_t)
+                acc = _place_sum(acc.view(cycles, -1, sn), place_t.cpu())
         out.append(_place_sum(acc.view(-1, slices, sn // slices).transpose(0, 1), place_s))  # and over slices
     y = torch.cat(out) if len(out) > 1 else out[0]
     if clips:  # a (tile, output) pair is clipped if any slice's read was; no mask if nothing clipped
