@@ -1,0 +1,89 @@
+"""The keyed Philox generator: known answers, the keying, and bit-equality with Triton's `tl.randint4x`/`tl.rand`/
+`tl.randn` (on CUDA, or on the CPU under `TRITON_INTERPRET=1`)."""
+
+import os
+
+import pytest
+import torch
+
+from nvcc_pt.targets.philox import DRIFT, VARIATION, ChipKey, philox4x32, rand, randint4x, randn
+
+
+def _words(*values):
+    return [torch.tensor([v], dtype=torch.int64) for v in values]
+
+
+def test_philox_matches_the_published_known_answers():
+    # Salmon et al. (SC 2011), Random123's known-answer vectors for philox4x32-10
+    zero = [int(w) for w in philox4x32(*_words(0, 0, 0, 0), 0, 0)]
+    ones = [int(w) for w in philox4x32(*_words(*[0xFFFFFFFF] * 4), 0xFFFFFFFF, 0xFFFFFFFF)]
+    pi = [int(w) for w in philox4x32(*_words(0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), 0xA4093822,
+                                       0x299F31D0)]
+    assert zero == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    assert ones == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+    assert pi == [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+
+
+def test_draws_are_standard_and_a_function_of_the_offset():
+    z = randn(11, 200_000)
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+    u = rand(11, 200_000)
+    assert float(u.min()) >= 0 and float(u.max()) < 1 and abs(float(u.mean()) - 0.5) < 0.005
+    assert torch.equal(randn(11, 50, start=1000), z[1000:1050])  # any cell alone, in any order
+    assert torch.equal(rand(11, 7, start=2**32 + 5), rand(11, 10, start=2**32 + 2)[3:])  # 64-bit offsets
+
+
+def test_chip_keys_separate_seeds_ops_calls_and_streams():
+    base = ChipKey(0, 0).normal(VARIATION, (4, 8))
+    for other in (ChipKey(1, 0).normal(VARIATION, (4, 8)), ChipKey(0, 1).normal(VARIATION, (4, 8)),
+                  ChipKey(0, 0, call=1).normal(VARIATION, (4, 8)), ChipKey(0, 0).normal(DRIFT, (4, 8))):
+        assert not torch.allclose(base, other)
+    assert torch.equal(base, ChipKey(0, 0).normal(VARIATION, (32,)).view(4, 8))
+    assert 0 <= ChipKey(2**62, 5).stream_seed(VARIATION) < 2**63
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_and_cuda_draw_the_same_bits():
+    key = ChipKey(3, 7)
+    assert torch.equal(key.uniform(VARIATION, (1000,)), key.uniform(VARIATION, (1000,), "cuda").cpu())
+    torch.testing.assert_close(key.normal(VARIATION, (1000,)), key.normal(VARIATION, (1000,), "cuda").cpu(),
+                               rtol=0, atol=1e-5)
+
+
+def _triton_device() -> str:
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA device: run with TRITON_INTERPRET=1 to compare with Triton's interpreter")
+    return "cpu"
+
+
+def test_triton_draws_the_same_numbers():
+    device = _triton_device()
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def draw(seed, start, words_ptr, uniform_ptr, normal_ptr, n, BLOCK: tl.constexpr):
+        at = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = at < n
+        offset = start + at.to(tl.int64)
+        w0, w1, w2, w3 = tl.randint4x(seed, offset)
+        tl.store(words_ptr + at * 4, w0.to(tl.int32, bitcast=True), mask=ok)
+        tl.store(words_ptr + at * 4 + 1, w1.to(tl.int32, bitcast=True), mask=ok)
+        tl.store(words_ptr + at * 4 + 2, w2.to(tl.int32, bitcast=True), mask=ok)
+        tl.store(words_ptr + at * 4 + 3, w3.to(tl.int32, bitcast=True), mask=ok)
+        tl.store(uniform_ptr + at, tl.rand(seed, offset), mask=ok)
+        tl.store(normal_ptr + at, tl.randn(seed, offset), mask=ok)
+
+    n, start = 300, 2**32 - 100  # offsets across the 32-bit boundary use the counter's high word
+    for seed in (ChipKey(0, 0).stream_seed(VARIATION), ChipKey(12345, 678, call=9).stream_seed(DRIFT)):
+        words = torch.zeros(n, 4, dtype=torch.int32, device=device)
+        uniform = torch.zeros(n, device=device)
+        normal = torch.zeros(n, device=device)
+        draw[(triton.cdiv(n, 128),)](seed, start, words, uniform, normal, n, BLOCK=128)
+        want = torch.stack(randint4x(seed, torch.arange(start, start + n)), 1)
+        assert torch.equal(words.cpu().to(torch.int64) & 0xFFFFFFFF, want)
+        assert torch.equal(uniform.cpu(), rand(seed, n, start=start))
+        torch.testing.assert_close(normal.cpu(), randn(seed, n, start=start), rtol=0, atol=1e-5)
