@@ -165,9 +165,9 @@ class CompiledModel:
 
         `time_s`: seconds since programming, for devices that drift (PCM); None keeps the last value
         (initially the device's reference time, no drift).
-        `draw_on`: "cpu" (initially) draws the variation on the CPU, so a seed is the same chip on every
-        device; "device" draws it where the model is, far faster on a GPU (Monte Carlo), but a GPU's chip
-        for a seed differs from the CPU's; None keeps the last choice.
+        `draw_on` ("cpu" or "device") is accepted for older callers and changes nothing: every chip is drawn
+        where the model is, from a generator keyed by (seed, op, cell) (`targets.philox`), so a seed is the
+        same chip on every device.
         """
         if seed is not None:
             check.seed("seed", seed, where="program")

@@ -181,8 +181,8 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
         instances_per_pass: instances per forward pass; None picks, on a GPU, as many as a quarter of
             its free memory holds (at most 16), and 1 on the CPU, where a forward over I times the rows costs
             what I forwards cost; 1 turns batching off.
-        draw_on: where device variation is drawn (`CompiledModel.program`): "device" is far faster on a GPU,
-            where drawing on the CPU can take longer than the forward passes.
+        draw_on: accepted for older callers, changes nothing (`CompiledModel.program`: chips are drawn where
+            the model is, the same chip on every device).
 
     Example:
         >>> res = nvcc_pt.montecarlo(cm, lambda m: accuracy(m, batch), seeds=200, k=1)

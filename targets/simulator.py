@@ -65,6 +65,7 @@ from nvcc_pt.targets.devices import (
     slice_places,
     weight_codes,
 )
+from nvcc_pt.targets.philox import ChipKey
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
@@ -104,9 +105,10 @@ def quantize_input(x: torch.Tensor, bits: int) -> torch.Tensor:
     return xi * scale
 
 
-def op_generator(seed: int, op_index: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """One generator per (seed, op): an op's draws do not depend on how many ops precede it elsewhere."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + op_index) % (2**63))
+def op_generator(seed: int, op_index: int, device: str | torch.device | None = None) -> ChipKey:
+    """The key of op `op_index`'s chip for `seed` (`targets.philox`): its draws depend on (seed, op, cell) only,
+    not on how many ops precede it nor on the device (`device` is accepted for older callers and ignored)."""
+    return ChipKey(int(seed), int(op_index))
 
 
 def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
@@ -138,8 +140,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     """Fill `state`'s buffers for `fidelity`, drawing device variation from `seed`.
 
     `time_s` is the time since programming (drift, for devices that drift); `device_model` the target's
-    `DeviceModel`, for `G_min` and the drift reference time; `draw_device` where the random draws are made
-    (`program_levels`); `censor` right-censors the variation (`program_levels`, for training).
+    `DeviceModel`, for `G_min` and the drift reference time; `censor` right-censors the variation (`program_levels`, for training).
     """
     if fidelity not in IMPLEMENTED:
         raise FidelityError(f"fidelity {fidelity!r} is not implemented by the simulator; choose one of {IMPLEMENTED}")
@@ -161,7 +162,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     if device_model is not None:
         span = device_model.g_max_us - device_model.g_min_us
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
-    programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index, draw_device), time_s,
+    programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index), time_s,
                                 g_min, t0, censor, weights=(state._codes[1], scale))
     _store(state, "weight", (read_back(programmed, cfg) * scale[:, None]).to(source.dtype))
     if fidelity in CROSSBAR:

@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-
 from nvcc_pt.targets.philox import DRIFT, VARIATION, ChipKey, philox4x32, rand, randint4x, randn
 
 
@@ -87,3 +86,64 @@ def test_triton_draws_the_same_numbers():
         assert torch.equal(words.cpu().to(torch.int64) & 0xFFFFFFFF, want)
         assert torch.equal(uniform.cpu(), rand(seed, n, start=start))
         torch.testing.assert_close(normal.cpu(), randn(seed, n, start=start), rtol=0, atol=1e-5)
+
+
+# --- chips programmed from the keyed generator -----------------------------------------------------------------
+
+def _chip(fidelity="adc", target="reram-128x128", seed=0, **changes):
+    import nvcc_pt
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8))
+    spec = nvcc_pt.get_target(target).replace(rows=16, cols=16, **changes)
+    return nvcc_pt.compile(model, target=spec, example_inputs=(torch.randn(3, 20),), fidelity=fidelity, seed=seed)
+
+
+def _states(cm):
+    return [(state.weight.clone(), state.levels.clone()) for _, state in cm.plan.states()]
+
+
+def test_a_chip_depends_on_seed_and_op_not_on_programming_order():
+    from nvcc_pt.targets.simulator import program_state
+
+    from nvcc_pt import meta
+
+    cm = _chip(sigma=0.05, stuck_at_gmin=0.01, stuck_at_gmax=0.01)
+    first = _states(cm)
+    states = cm.plan.states()
+    for i in reversed(range(len(states))):  # op by op, last first
+        name, state = states[i]
+        program_state(state, cm.plan.records[name][meta.NOISE], "adc", 0, i, None, cm.target.device)
+    for (w, lv), (w2, lv2) in zip(first, _states(cm)):
+        assert torch.equal(w, w2) and torch.equal(lv, lv2)
+    other = _states(cm.program(1))
+    assert all(not torch.equal(a[1], b[1]) for a, b in zip(first, other))
+    one_op = cm.plan.states()[0][1].levels
+    assert not torch.equal(one_op[..., :8], cm.plan.states()[1][1].levels[..., :8])
+
+
+def test_drift_and_faults_have_streams_of_their_own():
+    from nvcc_pt.targets.devices import program_levels
+
+    from nvcc_pt.meta import NoiseInfo
+
+    levels = torch.randint(0, 4, (1, 4, 6, 10), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    info = NoiseInfo(device="pcm", sigma=0.05, level_sigmas=(0.05,) * 4, drift_nu=0.05, stuck_at_gmin=0.1,
+                     stuck_at_gmax=0.1)
+    key = ChipKey(4, 2)
+    fresh = program_levels(levels, info, 2, key)
+    drifted = program_levels(levels, info, 2, key, time_s=1000.0)
+    stuck = (fresh == 0) & (drifted == 0) | (fresh == 3) & (drifted == 3)
+    assert 0 < int(stuck.sum()) < levels.numel() // 2  # the same cells are stuck, drifting or not
+    assert float((drifted[~stuck] != fresh[~stuck]).float().mean()) > 0.9  # and drift moves the others
+    assert torch.equal(fresh, program_levels(levels, info, 2, ChipKey(4, 2)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_same_seed_is_the_same_chip_on_cpu_and_cuda():
+    cpu = _chip(sigma=0.05, stuck_at_gmin=0.01)
+    gpu = _chip(sigma=0.05, stuck_at_gmin=0.01)
+    gpu.to("cuda").program(0)
+    for (w, lv), (w2, lv2) in zip(_states(cpu), _states(gpu)):
+        torch.testing.assert_close(lv2.cpu(), lv, rtol=0, atol=1e-5)
+        torch.testing.assert_close(w2.cpu(), w, rtol=1e-5, atol=1e-6)
