@@ -18,6 +18,11 @@ from nvcc_pt.meta import NoiseInfo
 
 TINY = torch.finfo(torch.float32).tiny
 
+LEVELS_DTYPE = torch.float16
+"""How the crossbar fidelities keep each programmed column's level (`CimState.levels`): a quarter of the bytes
+of float32 per slice, exact for every ideal level, and the deviations rounded to 11 significant bits of the
+column's level (a relative 2^-11, far below any device's variation). Every path reads these rounded values."""
+
 # Drift exponents vary from device to device (Joshi et al., Nat. Commun. 11:2473, 2020, model nu as a
 # per-device Gaussian); their spread relative to the mean is an illustrative choice here, tune per device.
 DRIFT_NU_REL_STD = 0.4
@@ -146,6 +151,23 @@ def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, key: 
         programmed = torch.where(u < noise.stuck_at_gmin, torch.zeros((), device=on), programmed)
         programmed = torch.where(u > 1 - noise.stuck_at_gmax, torch.full((), float(top), device=on), programmed)
     return programmed.to(levels.device)
+
+
+def as_stored(programmed: torch.Tensor, sign: str) -> torch.Tensor:
+    """Programmed levels `[P, S, N, K]` whose columns read what `CimState.levels` holds (`LEVELS_DTYPE`): each
+    column's level (a differential pair's `L+ - L-`, the analog difference) rounded as stored; a pair comes back
+    as `(column, 0)`, so that the difference is exact. For references that compute from cells what the crossbar
+    paths compute from stored columns.
+
+    Example:
+        >>> cells = torch.tensor([0.3333, 0.1]).view(2, 1, 1, 1)
+        >>> torch.equal(as_stored(cells, "offset"), cells.half().float())
+        True
+    """
+    if sign != "differential":
+        return programmed.to(LEVELS_DTYPE).float()
+    column = (programmed[0] - programmed[1]).to(LEVELS_DTYPE).float()
+    return torch.stack([column, torch.zeros_like(column)])
 
 
 def per_weight_std(sigma: float, cell_bits: int, slices: int) -> float:

@@ -24,7 +24,7 @@ from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 from nvcc_pt.meta import NoiseInfo
 from nvcc_pt.targets import TargetSpec, get_target
-from nvcc_pt.targets.devices import levels_of, program_levels, read_back, weight_codes
+from nvcc_pt.targets.devices import as_stored, levels_of, program_levels, read_back, weight_codes
 from nvcc_pt.targets.philox import ChipKey
 
 
@@ -55,6 +55,7 @@ def read_back_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.
     codes, scale = weight_codes(ovt.detach().float().cpu(), cfg)
     levels = levels_of(codes, cfg)  # [P, S, N, K], the order program_state draws in
     programmed = program_levels(levels, info, spec.cell_bits, generator, censor=censor, weights=(codes, scale))
+    programmed = as_stored(programmed, spec.sign)  # as a compiled layer keeps them
     return (read_back(programmed, cfg) * scale[:, None]).to(ovt.dtype).to(ovt.device)
 
 
