@@ -77,17 +77,35 @@ def _chunks(count: int, start: int, device: torch.device):
         yield torch.arange(start + at, start + min(count, at + _CHUNK), device=device, dtype=torch.int64)
 
 
+def _kernel(device: torch.device):
+    """The Triton kernel module (`philox_triton`) where `device` is a GPU and Triton is installed, else None."""
+    if device.type != "cuda":
+        return None
+    try:
+        from nvcc_pt.targets import philox_triton
+    except ImportError:
+        return None
+    return philox_triton
+
+
 def rand(seed: int, count: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
-    """Uniform floats in [0, 1) for offsets `start .. start+count-1`: `tl.rand(seed, offset)`."""
-    parts = [_uniform(randint4x(seed, at)[0]) for at in _chunks(count, start, torch.device(device))]
+    """Uniform floats in [0, 1) for offsets `start .. start+count-1`: `tl.rand(seed, offset)` (on a GPU with
+    Triton, that kernel)."""
+    device = torch.device(device)
+    if (kernel := _kernel(device)) is not None:
+        return kernel.draw(seed, count, device, start, normal=False)
+    parts = [_uniform(randint4x(seed, at)[0]) for at in _chunks(count, start, device)]
     return torch.cat(parts) if len(parts) != 1 else parts[0]
 
 
 def randn(seed: int, count: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
     """Standard normals for offsets `start .. start+count-1`: `tl.randn(seed, offset)` (Box-Muller on the first
-    two words, the cosine branch)."""
+    two words, the cosine branch; on a GPU with Triton, that kernel)."""
+    device = torch.device(device)
+    if (kernel := _kernel(device)) is not None:
+        return kernel.draw(seed, count, device, start, normal=True)
     parts = []
-    for at in _chunks(count, start, torch.device(device)):
+    for at in _chunks(count, start, device):
         w0, w1, _, _ = randint4x(seed, at)
         u1 = _uniform(w0).clamp_(min=1.0e-7)
         theta = _uniform(w1).mul_(6.283185307179586)

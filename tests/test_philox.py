@@ -144,6 +144,19 @@ def test_the_same_seed_is_the_same_chip_on_cpu_and_cuda():
     cpu = _chip(sigma=0.05, stuck_at_gmin=0.01)
     gpu = _chip(sigma=0.05, stuck_at_gmin=0.01)
     gpu.to("cuda").program(0)
+    # the normals agree to float rounding (GPU log and cosine), so a stored float16 level may round one unit apart
     for (w, lv), (w2, lv2) in zip(_states(cpu), _states(gpu)):
-        torch.testing.assert_close(lv2.cpu(), lv, rtol=0, atol=1e-5)
-        torch.testing.assert_close(w2.cpu(), w, rtol=1e-5, atol=1e-6)
+        assert float((lv2.cpu().float() - lv.float()).abs().max()) <= 2**-9
+        assert float((lv2.cpu() != lv).float().mean()) < 0.01
+        torch.testing.assert_close(w2.cpu(), w, rtol=0, atol=float(w.abs().max()) * 1e-3)
+
+
+def test_the_triton_draw_kernel_draws_what_the_torch_ops_draw():
+    device = _triton_device()
+    from nvcc_pt.targets import philox_triton
+
+    seed, n, start = ChipKey(8, 1).stream_seed(VARIATION), 3000, 2**32 - 1000
+    normals = philox_triton.draw(seed, n, torch.device(device), start, normal=True).cpu()
+    uniforms = philox_triton.draw(seed, n, torch.device(device), start, normal=False).cpu()
+    assert torch.equal(uniforms, rand(seed, n, start=start))
+    torch.testing.assert_close(normals, randn(seed, n, start=start), rtol=0, atol=1e-5)
