@@ -103,7 +103,7 @@ def _instances_per_pass(cm, requested: int | None, seeds: int) -> int:
     device = cm.device
     if device.type != "cuda":
         return 1
-    per_instance = sum(s.weight.numel() * s.weight.element_size() + s.levels.numel() * s.levels.element_size() for _, s in cm.plan.states())
+    per_instance = sum(s.programmed_bytes() for _, s in cm.plan.states())
     return max(1, min(16, seeds, torch.cuda.mem_get_info(device)[0] // 4 // max(per_instance, 1)))
 
 

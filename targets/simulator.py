@@ -123,17 +123,14 @@ def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
     return kns.reshape(tiles, rows, s * n).contiguous()
 
 
-def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ideal cell levels and scale of the state's source weight, from integer codes kept until the weight changes.
+def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ideal cell levels, integer codes and scale of the state's source weight.
 
-    Monte Carlo programs the same weights over and over; only the device variation is new each time.
+    Nothing is kept between programmings: quantizing costs a few elementwise passes, far less than drawing the
+    variation, and a kept copy of the codes would add half the weight's bytes to every op's state.
     """
-    source = state.source
-    key = (source.data_ptr(), source._version, source.device, tuple(source.shape), cfg["weight_bits"])
-    cached = getattr(state, "_codes", None)
-    if cached is None or cached[0] != key:
-        cached = state._codes = (key, *weight_codes(source, cfg))
-    return levels_of(cached[1], cfg), cached[2]
+    codes, scale = weight_codes(state.source, cfg)
+    return levels_of(codes, cfg), codes, scale
 
 
 def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, op_index: int,
@@ -153,7 +150,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     if fidelity == "exact" or source.device.type == "meta":
         state.weight, state.levels = source, no_levels
         return
-    levels, scale = _ideal_levels(state, cfg)
+    levels, codes, scale = _ideal_levels(state, cfg)
     state.scale = scale
     state.start_read_stream(seed, op_index)
     if fidelity == "quantized":
@@ -165,7 +162,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         span = device_model.g_max_us - device_model.g_min_us
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
     programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index), time_s,
-                                g_min, t0, censor, weights=(state._codes[1], scale))
+                                g_min, t0, censor, weights=(codes, scale))
     programmed = as_stored(programmed, cfg["sign"])  # every fidelity reads the columns as the levels keep them
     _store(state, "weight", (read_back(programmed, cfg) * scale[:, None]).to(source.dtype))
     if fidelity in CROSSBAR:

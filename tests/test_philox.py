@@ -160,3 +160,26 @@ def test_the_triton_draw_kernel_draws_what_the_torch_ops_draw():
     uniforms = philox_triton.draw(seed, n, torch.device(device), start, normal=False).cpu()
     assert torch.equal(uniforms, rand(seed, n, start=start))
     torch.testing.assert_close(normals, randn(seed, n, start=start), rtol=0, atol=1e-5)
+
+
+# --- how much the programmed state adds to the model ------------------------------------------------------------
+
+STATE_RATIO = {"exact": 0.0, "quantized": 1.01, "noisy": 1.01, "adc": 3.01, "bit-serial": 3.01}
+"""Bound on (programmed state bytes) / (fp32 model bytes) on a 4-slice preset (8-bit weights, 2-bit cells):
+the effective weight (float32) for the fast paths and the gradient, plus, at the crossbar fidelities, one
+float16 level per slice column."""
+
+
+@pytest.mark.parametrize("fidelity", sorted(STATE_RATIO))
+def test_programmed_state_stays_within_its_bytes(fidelity):
+    import nvcc_pt
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
+    spec = nvcc_pt.get_target("reram-128x128").replace(sigma=0.05)
+    cm = nvcc_pt.compile(model, target=spec, example_inputs=(torch.randn(3, 128),), fidelity=fidelity)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    state_bytes = sum(state.programmed_bytes() for _, state in cm.plan.states())
+    assert cm.plan.states()[0][1].config["slices"] == 4
+    assert state_bytes <= STATE_RATIO[fidelity] * model_bytes
+    assert state_bytes >= (STATE_RATIO[fidelity] - 0.05) * model_bytes  # the bound is what the state holds
