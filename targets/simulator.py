@@ -15,7 +15,7 @@ Fidelity levels:
   bit-serial  as adc, with inputs applied `dac_bits` per cycle (unipolar DAC, signed inputs in
               two phases or as two's complement, `input_encoding`), one ADC read per cycle.
 
-The crossbar paths keep the programmed levels as `state.levels` `[R, rows, S*N]`: row tile,
+The crossbar paths keep the programmed levels as `state.levels` `[R, rows, S*N]` (float16): row tile,
 row within the tile, and one ADC column per (slice, output). A differential pair is sensed
 as one current (the analog subtraction), so its column holds `L+ - L-`. For each chunk of
 batch rows, one GEMM per row tile gives that tile's partial sums for every column and input
@@ -455,7 +455,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
 
     `record_clips` stores the op's clip mask `[R, B, N]` in `ops.CLIPPED` (the gradient's; see `nvcc_pt.ops`).
     """
-    levels = levels.float()  # as stored (`devices.LEVELS_DTYPE`), multiplied in float32
+    stored, levels = levels, levels.float()  # as stored (`devices.LEVELS_DTYPE`), multiplied in float32
     sn = levels.shape[-1]
     slices = cfg["slices"]
     xi, sx = _quantize(x, cfg["input_bits"], dequantize=False)
@@ -476,7 +476,9 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     fused = _fused_kernels() if x.device.type == "cuda" and not recording() else None
     clips: list[torch.Tensor] | None = [] if record_clips else None
     if fused is not None:  # the fused kernel keeps only each chunk's planes (float16), per-slice sums and clip flags
-        hi_lo = fused.split_levels(levels)
+        # float16 levels as stored multiply exactly as they are; noisy reads and flipped columns need the split
+        exact = stored.dtype == torch.float16 and read <= 0 and g.flip is None
+        hi_lo = (stored.contiguous(), None) if exact else fused.split_levels(levels)
         adc_at = fused.grid_arrays(g, levels.shape[0], sn, x.device)
         chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1] + levels.shape[0] * sn // slices * record_clips))
         limits = _clip_limits(g, levels, digit_max(cfg, bit_serial)[1]) if record_clips else None

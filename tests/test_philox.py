@@ -183,3 +183,22 @@ def test_programmed_state_stays_within_its_bytes(fidelity):
     assert cm.plan.states()[0][1].config["slices"] == 4
     assert state_bytes <= STATE_RATIO[fidelity] * model_bytes
     assert state_bytes >= (STATE_RATIO[fidelity] - 0.05) * model_bytes  # the bound is what the state holds
+
+
+def test_the_fused_kernel_reads_float16_levels_as_they_are():
+    device = _triton_device()
+    if device == "cpu":
+        pytest.skip("the crossbar kernel calls libdevice, which Triton's interpreter does not provide")
+    from nvcc_pt.targets import simulator_triton as fused
+
+    gen = torch.Generator().manual_seed(0)
+    tiles, rows, sn, batch, cycles = 2, 16, 24, 5, 3
+    levels = (torch.randint(0, 4, (tiles, rows, sn), generator=gen) + 0.05 * torch.randn(tiles, rows, sn, generator=gen))
+    stored = levels.half().to(device)
+    planes = torch.randint(0, 2, (cycles, batch, 30), generator=gen).float().to(device)
+    place = torch.tensor([1.0, 2.0, -4.0], device=device)
+    step = torch.full((tiles, 1), 0.5, device=device)
+    grid = (1 / step, step, torch.full_like(step, -64.0), torch.full_like(step, 63.0), None, 3.0, True)
+    split = fused.crossbar_codes(planes, *fused.split_levels(stored.float()), place, *grid)
+    alone = fused.crossbar_codes(planes, stored, None, place, *grid)
+    assert torch.equal(split, alone) and bool(split.abs().sum() > 0)
