@@ -7,11 +7,12 @@ cell's draw can be computed alone, in any order, on any device: the words are in
 (torch int64 tensors holding 32-bit values), identical on CPU and CUDA.
 
 The layout is Triton's (`triton.language.random`): `randint4x(seed, offset)` runs Philox on the
-counter `(offset_lo, offset_hi, 0, 0)` with the key `(seed_lo, seed_hi)`; `rand` turns the first
-word into a float in [0, 1) the way Triton does, `randn` the first two by Box-Muller. A Triton kernel
-given `stream_seed(...)` and a cell's flat index draws the same numbers (`tl.randn(seed, index)`), to
-float rounding of the transcendental functions (about 1e-6), so it can regenerate a cell's deviation
-instead of reading a stored one.
+counter `(offset_lo, offset_hi, 0, 0)` with the key `(seed_lo, seed_hi)`; `rand` turns each of the four
+words into a float in [0, 1) the way Triton does (`tl.rand4x`), `randn` the two pairs into four normals by
+Box-Muller (`tl.randn4x`): cell `i` takes component `i % 4` of counter `i // 4`. A Triton kernel given
+`stream_seed(...)` draws the same numbers, uniforms bit for bit and normals to the float rounding of the
+transcendental functions (about 1e-6), so it can regenerate a cell's deviation instead of reading a
+stored one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _MASK = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 _ROUNDS = 10
-_CHUNK = 2**22
+_CHUNK = 2**21
 """Counters per chunk: the int64 words of a chunk (about ten live at once) stay within a few hundred MB."""
 _UNIFORM_SCALE = 4.6566127342e-10
 """Triton's scale from a non-negative int32 to [0, 1): the largest with `(2^31 - 1) * scale < 1` in float32."""
@@ -88,29 +89,48 @@ def _kernel(device: torch.device):
     return philox_triton
 
 
+def _uniform4(words: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    return [_uniform(w) for w in words]
+
+
+def _normal4(words: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """Triton's `randn4x` from four words: Box-Muller on (u1, u2) and on (u3, u4), cosine and sine branches."""
+    u = _uniform4(words)
+    out = []
+    for first, second in ((u[0], u[1]), (u[2], u[3])):
+        radius = torch.log(first.clamp_(min=1.0e-7)).mul_(-2.0).sqrt_()
+        theta = second.mul_(6.283185307179586)
+        out += [radius * torch.cos(theta), radius.mul_(torch.sin(theta))]
+    return out
+
+
+def _draws(seed: int, count: int, start: int, device: torch.device, four) -> torch.Tensor:
+    """Draws `start .. start+count-1` of a stream: draw `i` is component `i % 4` of counter `i // 4`."""
+    first = start // 4
+    counters = (start + count + 3) // 4 - first if count else 0
+    parts = [torch.stack(four(randint4x(seed, at)), 1).reshape(-1) for at in _chunks(counters, first, device)]
+    if not parts:
+        return torch.empty(0, device=device)
+    flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return flat[start - 4 * first:start - 4 * first + count]
+
+
 def rand(seed: int, count: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
-    """Uniform floats in [0, 1) for offsets `start .. start+count-1`: `tl.rand(seed, offset)` (on a GPU with
-    Triton, that kernel)."""
+    """Uniform floats in [0, 1), draws `start .. start+count-1`: draw `i` is `tl.rand4x(seed, i // 4)[i % 4]`
+    (on a GPU with Triton, that kernel)."""
     device = torch.device(device)
     if (kernel := _kernel(device)) is not None:
         return kernel.draw(seed, count, device, start, normal=False)
-    parts = [_uniform(randint4x(seed, at)[0]) for at in _chunks(count, start, device)]
-    return torch.cat(parts) if len(parts) != 1 else parts[0]
+    return _draws(seed, count, start, device, _uniform4)
 
 
 def randn(seed: int, count: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
-    """Standard normals for offsets `start .. start+count-1`: `tl.randn(seed, offset)` (Box-Muller on the first
-    two words, the cosine branch; on a GPU with Triton, that kernel)."""
+    """Standard normals, draws `start .. start+count-1`: draw `i` is `tl.randn4x(seed, i // 4)[i % 4]` (four
+    normals per Philox call; on a GPU with Triton, that kernel)."""
     device = torch.device(device)
     if (kernel := _kernel(device)) is not None:
         return kernel.draw(seed, count, device, start, normal=True)
-    parts = []
-    for at in _chunks(count, start, device):
-        w0, w1, _, _ = randint4x(seed, at)
-        u1 = _uniform(w0).clamp_(min=1.0e-7)
-        theta = _uniform(w1).mul_(6.283185307179586)
-        parts.append(torch.log(u1).mul_(-2.0).sqrt_().mul_(torch.cos(theta)))
-    return torch.cat(parts) if len(parts) != 1 else parts[0]
+    return _draws(seed, count, start, device, _normal4)
 
 
 @dataclass(frozen=True)

@@ -69,23 +69,23 @@ def test_triton_draws_the_same_numbers():
         ok = at < n
         offset = start + at.to(tl.int64)
         w0, w1, w2, w3 = tl.randint4x(seed, offset)
-        tl.store(words_ptr + at * 4, w0.to(tl.int32, bitcast=True), mask=ok)
-        tl.store(words_ptr + at * 4 + 1, w1.to(tl.int32, bitcast=True), mask=ok)
-        tl.store(words_ptr + at * 4 + 2, w2.to(tl.int32, bitcast=True), mask=ok)
-        tl.store(words_ptr + at * 4 + 3, w3.to(tl.int32, bitcast=True), mask=ok)
-        tl.store(uniform_ptr + at, tl.rand(seed, offset), mask=ok)
-        tl.store(normal_ptr + at, tl.randn(seed, offset), mask=ok)
+        u0, u1, u2, u3 = tl.rand4x(seed, offset)
+        n0, n1, n2, n3 = tl.randn4x(seed, offset)
+        for j, (w, u, z) in enumerate(((w0, u0, n0), (w1, u1, n1), (w2, u2, n2), (w3, u3, n3))):
+            tl.store(words_ptr + at * 4 + j, w.to(tl.int32, bitcast=True), mask=ok)
+            tl.store(uniform_ptr + at * 4 + j, u, mask=ok)
+            tl.store(normal_ptr + at * 4 + j, z, mask=ok)
 
-    n, start = 300, 2**32 - 100  # offsets across the 32-bit boundary use the counter's high word
+    n, start = 300, 2**32 - 100  # counters across the 32-bit boundary use the counter's high word
     for seed in (ChipKey(0, 0).stream_seed(VARIATION), ChipKey(12345, 678, call=9).stream_seed(DRIFT)):
         words = torch.zeros(n, 4, dtype=torch.int32, device=device)
-        uniform = torch.zeros(n, device=device)
-        normal = torch.zeros(n, device=device)
+        uniform = torch.zeros(n * 4, device=device)
+        normal = torch.zeros(n * 4, device=device)
         draw[(triton.cdiv(n, 128),)](seed, start, words, uniform, normal, n, BLOCK=128)
         want = torch.stack(randint4x(seed, torch.arange(start, start + n)), 1)
         assert torch.equal(words.cpu().to(torch.int64) & 0xFFFFFFFF, want)
-        assert torch.equal(uniform.cpu(), rand(seed, n, start=start))
-        torch.testing.assert_close(normal.cpu(), randn(seed, n, start=start), rtol=0, atol=1e-5)
+        assert torch.equal(uniform.cpu(), rand(seed, 4 * n, start=4 * start))
+        torch.testing.assert_close(normal.cpu(), randn(seed, 4 * n, start=4 * start), rtol=0, atol=1e-5)
 
 
 # --- chips programmed from the keyed generator -----------------------------------------------------------------
@@ -155,7 +155,7 @@ def test_the_triton_draw_kernel_draws_what_the_torch_ops_draw():
     device = _triton_device()
     from nvcc_pt.targets import philox_triton
 
-    seed, n, start = ChipKey(8, 1).stream_seed(VARIATION), 3000, 2**32 - 1000
+    seed, n, start = ChipKey(8, 1).stream_seed(VARIATION), 3001, 2**34 - 1003  # not aligned on four
     normals = philox_triton.draw(seed, n, torch.device(device), start, normal=True).cpu()
     uniforms = philox_triton.draw(seed, n, torch.device(device), start, normal=False).cpu()
     assert torch.equal(uniforms, rand(seed, n, start=start))
