@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 
 VARIATION, DRIFT, FAULT, READ = 0, 1, 2, 3
-"""The streams of one op's chip: programming variation, drift exponents, stuck-at faults, read noise."""
+"""The streams of one op's chip: programming variation, drift exponents, stuck-at faults, and read noise (which
+the simulator still draws per call from torch generators)."""
 
 _MASK = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
