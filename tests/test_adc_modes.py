@@ -61,9 +61,12 @@ def test_the_isaac_preset_is_exact_on_8_bits_at_sigma_0():
     x = torch.randn(8, 1024, generator=torch.Generator().manual_seed(2))
     spec = nvcc_pt.get_target("reram-128x128")
     assert (spec.sign, spec.adc_range, spec.adc_bits, spec.dac_bits) == ("offset", "exact", 8, 1)
+    assert dict(spec.extra)["input_encoding"] == "two-phase"
     q = _compiled(layer, x, "quantized")(x)
     bs = _compiled(layer, x, "bit-serial")
     _assert_exact(bs, layer, x, q)
+    twos = dict(extra=(("input_encoding", "twos-complement"),))  # ISAAC's own input encoding: exact as well
+    _assert_exact(_compiled(layer, x, "bit-serial", **twos), layer, x, q, **twos)
     # what remains is the 8-bit weights and inputs: each weight and input is off by at most half its step
     # (dw_n = max|w_n| / 254, dx_m = max|x_m| / 254), so per output
     # |y - y_float| <= sum_k |x_mk| dw_n + |w_nk| dx_m + dx_m dw_n
@@ -74,6 +77,25 @@ def test_the_isaac_preset_is_exact_on_8_bits_at_sigma_0():
     # without the flip an 8-bit ADC must double its step: the same layer is no longer exact
     unflipped = _compiled(layer, x, "bit-serial", sign="differential")(x)
     assert _rel(unflipped, q) > 0.05
+
+
+def test_the_default_preset_reads_no_worse_than_noisy_at_its_own_sigma():
+    """Under the preset's variation the exact ADC rounds each read's noise to whole levels: two-phase reads of
+    GELU activations drive few rows in their high cycles, so it rounds the noise away there; two's complement
+    drives most rows in every cycle (small negative inputs are all ones) and adds rounding error."""
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(256, 384), torch.nn.Linear(384, 128)
+    act = torch.nn.functional.gelu(first(torch.randn(32, 256, generator=torch.Generator().manual_seed(10)))).detach()
+    ref = second(act).detach()
+    spec = nvcc_pt.get_target("reram-128x128")
+    assert spec.sigma > 0
+
+    def error(fidelity, target=spec):
+        return _rel(nvcc_pt.compile(second, target=target, example_inputs=(act,), fidelity=fidelity)(act), ref)
+
+    noisy, default = error("noisy"), error("bit-serial")
+    twos = error("bit-serial", spec.replace(extra=(("input_encoding", "twos-complement"),)))
+    assert default < noisy < twos  # measured 3.5% < 5.3% < 11.2%
 
 
 def test_full_scale_uses_every_code_and_a_partial_tile_its_own_rows():
