@@ -219,7 +219,10 @@ class CompiledModel:
         """Set each op's ADC range from the partial sums real inputs produce; returns self.
 
         `batches`: an iterable of inputs (a tensor or a tuple of tensors per call). Runs at the current
-        fidelity, which must be "adc" or "bit-serial", and records the partial sums every op's ADC sees.
+        fidelity, which must be "adc" or "bit-serial", and records the partial sums every op's ADC sees. While
+        it records, every ADC is ideal (no rounding, no clipping), so an op's sums come from the activations
+        that the ops before it give with well-set ranges, not with the ranges being replaced: the result does
+        not depend on the ranges the plan had before.
         `per_column`: one range per (row tile, array column) instead of one per op. `percentile` (50 to 100,
         exclusive): the range spans the (100 - p)-th to the p-th percentile of the sums, clipping the rest,
         instead of their min and max. The step is snapped to the level grid where that loses nothing

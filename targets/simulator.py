@@ -399,7 +399,8 @@ def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, g: Grid, op: str,
                 outside.append(torch.zeros(b, codes.shape[-1], dtype=torch.bool, device=codes.device))
         if _adc_observer is not None:
             _adc_observer(op, codes, lo, hi)
-        codes = codes.round_().clamp_(lo, hi)
+        if recorder is None:  # while calibrating, an ideal ADC: the ops downstream see what well-ranged ADCs give
+            codes = codes.round_().clamp_(lo, hi)
         if sign is not None:
             codes = codes.mul_(sign).add_(correction)
         if not common:
