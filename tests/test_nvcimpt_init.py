@@ -42,7 +42,7 @@ def test_study_init_option_and_fingerprints():
     with pytest.raises(InputError, match="init"):
         StudyConfig(init="vocab")
     old = StudyConfig(init="samples", n_virtual=8, steps=40, lr=0.03, batch_size=4, per_cluster=5)
-    assert old.fingerprint() == "7c4c40f77f7b5dea"  # results/nvcimpt (measured before `init` existed) still match
+    assert old.fingerprint() == "7c4c40f77f7b5dea"  # results/nvcimpt-sampleinit, measured before `init` existed, still matches
     assert StudyConfig(init="labels").fingerprint() != StudyConfig(init="samples").fingerprint()
     # the representative selection depends on the data and the clustering, not on the training
     assert StudyConfig(steps=7, lr=0.5, init="samples").selection_key() == StudyConfig().selection_key()

@@ -63,7 +63,9 @@ class StudyConfig:
     buffers: int = 2
     buffer_size: int = 25
     clusters: int = 2
-    per_cluster: int = 5
+    per_cluster: int = 12
+    """Representatives per domain: the OVT's training samples (12 of a 25-sample buffer's two clusters of about 12;
+    with 5, the OVTs fit their samples and generalise worse, `benchmarks/pt_config_search.py`)."""
     n_virtual: int = 8
     steps: int = 40
     lr: float = 0.03

@@ -14,9 +14,9 @@ import time
 
 from nvcc_pt import validate as check
 
-REDUCED = {"devices": "rram1", "seeds": (0,), "chips": 2, "users": 2, "queries_per_user": 12, "buffers": 1,
-           "steps": 24, "batch_size": 2}
-"""The reduced run for two CPU cores: one device, one seed, two chips, two users with one buffer each."""
+REDUCED = {"devices": "rram1", "seeds": (0,), "chips": 2, "users": 2, "queries_per_user": 12, "buffers": 1}
+"""The reduced run for two CPU cores: one device, one seed, two chips, two users with one buffer each (trained as
+the full run trains)."""
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -93,7 +93,7 @@ def add_study_parser(sub) -> None:
     s.add_argument("--buffers", type=check.arg_positive, default=d["buffers"])
     s.add_argument("--buffer-size", type=check.arg_positive, default=25)
     s.add_argument("--clusters", type=check.arg_positive, default=2)
-    s.add_argument("--per-cluster", type=check.arg_positive, default=5)
+    s.add_argument("--per-cluster", type=check.arg_positive, default=12, help="training samples per domain OVT")
     s.add_argument("--n-virtual", type=check.arg_positive, default=8)
     s.add_argument("--steps", type=check.arg_count, default=d["steps"], help="batched prompt-tuning steps per OVT set")
     s.add_argument("--lr", type=check.arg_positive_real, default=0.03, help="Adam step relative to the embeddings' RMS")
