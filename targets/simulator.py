@@ -72,10 +72,11 @@ from nvcc_pt.ops import CLIPPED, FIDELITIES, READ_STREAM_ATTR, CimState, ReadStr
 
 IMPLEMENTED = FIDELITIES
 CROSSBAR = ("adc", "bit-serial")
-CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
+CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
 """Memory budget (bytes, per device type) of one batch chunk in the crossbar paths; the batch is processed in
-chunks under it. On CPU it holds one row tile's partial sums: a block that stays in the core's cache keeps the
-ADC passes cheap. On CUDA it holds the fused kernel's DAC planes and per-slice sums."""
+chunks under it. On CPU it holds one row tile's partial sums: large enough that each GEMM has rows to amortize
+oneDNN's weight packing over (a 4 MiB budget ran 3-4x slower on a 1024x1024 layer at batch 256), small enough
+for a shared last-level cache. On CUDA it holds the fused kernel's DAC planes and per-slice sums."""
 
 _calibration: dict[str, RangeRecorder] | None = None
 _calibration_options: tuple[bool, float | None] = (False, None)
@@ -355,8 +356,111 @@ def _tile_product(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return x @ levels
 
 
+_MAGIC = 1.5 * 2.0**23
+"""Float32 has no fraction bits in [2^23, 2^24): `(_MAGIC + v) - _MAGIC` is `v` rounded half to even, as
+`torch.round` rounds, for |v| < 2^22."""
+
+
+def _magic_rounds_on_onednn() -> bool:
+    """Whether oneDNN adds a GEMM's bias after accumulating and clamps after that (a hardtanh post-op), so that one
+    call with bias `_MAGIC` is the ADC's round and clip: checked on non-integer sums and on exact ties."""
+    if not _ONEDNN:
+        return False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        for m, k, n in ((1, 128, 512), (37, 44, 96), (300, 128, 33)):
+            x = (torch.rand(m, k, generator=gen) < 0.4).float() * 0.5  # halves: sums land on ties too
+            w = torch.randint(0, 4, (n, k), generator=gen).float()
+            w[: n // 2] += 0.06 * torch.randn(n // 2, k, generator=gen)
+            w = w.t().contiguous().t()  # laid out as the crossbar's levels are
+            bias = torch.full((n,), _MAGIC)
+            got = torch.ops.mkldnn._linear_pointwise(x, w, bias, "hardtanh", [_MAGIC - 9, _MAGIC + 9], "")
+            if not torch.equal(got - _MAGIC, _onednn_linear(x, w).round_().clamp_(-9, 9)):
+                return False
+        return True
+    except RuntimeError:
+        return False
+
+
+_MAGIC_ROUNDS = _magic_rounds_on_onednn()
+
+
+class _FusedAdc:
+    """One call's row tiles prepared so that one oneDNN GEMM per tile also rounds and clips (`_MAGIC` as the bias, a
+    hardtanh post-op), leaving one accumulating pass per tile instead of five.
+
+    A read `v` (in codes) becomes `y = clamp(round(bias + sign * v))` with per-column signs and biases chosen so
+    that one pair of scalar bounds clips every column as the ADC does, and `acc += tau * y` with the tile's
+    `tau` = +-1 alternating, so that the accumulator stays below 2^24 and every sum in it is exact. Flipped
+    columns (ISAAC's encoding) read `-code` directly: their `sign` is `-tau`, their clip at code 0 falls on the
+    bound their unflipped neighbours never reach (checked per tile from the levels; a tile that could reach it
+    takes the plain path). The biases and the flipped columns' `top * sum(digits)` come back in one small GEMM.
+    """
+
+    def __init__(self, levels: torch.Tensor, g: Grid, tiles: list[int]):
+        self.tiles = tiles
+        self.step = float(g.step[tiles[0], 0])
+        self.inv = float(g.inv_step[tiles[0], 0])
+        self.weights, self.bias, self.bounds, self.tau = [], [], [], []
+        sn = levels.shape[-1]
+        shift = torch.zeros(sn, dtype=torch.float64)
+        flips = []
+        for i, r in enumerate(tiles):
+            tau = 1.0 if i % 2 == 0 else -1.0
+            lo, hi = float(g.lo[r, 0]), float(g.hi[r, 0])
+            flip = g.flip[r].cpu() if g.flip is not None else torch.zeros(sn, dtype=torch.bool)
+            if bool(flip.any()):  # lo is 0 here; reads span [bias, bias + hi] or [bias - hi, bias] by their sign
+                span = hi + 1
+                base = torch.where(flip, _MAGIC + span * (tau > 0), _MAGIC + span * (tau < 0)).double()
+                self.bounds.append((_MAGIC, _MAGIC + span))
+            else:
+                base = torch.full((sn,), _MAGIC, dtype=torch.float64)
+                self.bounds.append((_MAGIC + lo, _MAGIC + hi) if tau > 0 else (_MAGIC - hi, _MAGIC - lo))
+            sign = (tau * (1 - 2 * flip.float())).to(levels.device)
+            self.weights.append((levels[r] * sign).t())
+            self.bias.append(base.float().to(levels.device))
+            self.tau.append(tau)
+            shift += tau * base
+            flips.append(flip.float() * (g.top * self.inv))
+        self.shift = (-shift).float().to(levels.device)  # exact: a multiple of top, well below 2^32
+        self.flips = torch.stack(flips).to(levels.device)
+        self.any_flip = g.flip is not None and bool(self.flips.any())
+
+    @staticmethod
+    def prepare(levels: torch.Tensor, g: Grid, bipolar: bool, digit: float) -> _FusedAdc | None:
+        """The tiles that can take the fused path (those sharing the first tile's step), or None."""
+        if not (_MAGIC_ROUNDS and _on_onednn(levels, levels) and not g.per_column and recording() is False):
+            return None
+        inv = g.inv_step[:, 0]
+        tiles = []
+        for r in range(levels.shape[0]):
+            lo, hi, step = float(g.lo[r, 0]), float(g.hi[r, 0]), float(g.step[r, 0])
+            if math.frexp(float(inv[r]))[0] != 0.5 or max(-lo, hi) >= 2**20 or step != float(g.step[0, 0]):
+                continue  # only a power-of-two step scales the inputs exactly
+            if g.flip is not None and bool(g.flip[r].any()):
+                # a read of no column may round above `hi` (`sign` moves it onto the other columns' clip bound)
+                most = levels[r].clamp(min=0).sum(0).amax() * digit * float(inv[r]) * (1 + 1e-5)
+                if lo != 0 or bipolar or float(most) >= hi + 0.5:
+                    continue
+            tiles.append(r)
+        if not tiles or len(tiles) * (float(g.hi.abs().max()) + float(g.lo.abs().max()) + 1) >= 2**21:
+            return None
+        return _FusedAdc(levels, g, tiles)
+
+    def codes(self, xt: torch.Tensor) -> torch.Tensor:
+        """ADC codes summed over the prepared tiles, in codes of their step: `[M, S*N]` for inputs `[M, R, rows]`."""
+        acc = None
+        for r, w, bias, (low, high), tau in zip(self.tiles, self.weights, self.bias, self.bounds, self.tau):
+            y = torch.ops.mkldnn._linear_pointwise(xt[:, r] * self.inv, w, bias, "hardtanh", [low, high], "")
+            acc = y if acc is None else acc.add_(y, alpha=tau)
+        # the biases and, for flipped columns, top * sum(digits): integers well inside float32's exact range
+        rows = xt[:, self.tiles].sum(-1)
+        fix = torch.addmm(self.shift, rows, self.flips) if self.any_flip else self.shift
+        return acc.add_(fix)
+
+
 def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, g: Grid, op: str,
-                clips: list[torch.Tensor] | None = None) -> torch.Tensor:
+                clips: list[torch.Tensor] | None = None, fused: _FusedAdc | None = None) -> torch.Tensor:
     """ADC outputs of every row tile summed over tiles, in level units: `[T*b, S*N]` for DAC planes `[T, b, K]`.
 
     One GEMM per row tile; its block of partial sums (sized by `CHUNK_BYTES`) is rounded, clipped and
@@ -372,8 +476,14 @@ def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, g: Grid, op: str,
     if _calibration is not None:
         recorder = _calibration.setdefault(op, RangeRecorder(*_calibration_options))
     acc = None
+    if fused is not None:  # the tiles the GEMM itself rounds and clips
+        acc = fused.codes(xt)
+        if not common:
+            acc = acc.mul_(fused.step)
     outside = []
     for r in range(tiles):
+        if fused is not None and r in fused.tiles:
+            continue
         # in units of one code: v / step, correctly rounded (ties round alike everywhere); a power-of-two step
         # scales the inputs instead, exactly and for free
         if g.per_column:
@@ -480,6 +590,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         limits = _clip_limits(g, levels, digit_max(cfg, bit_serial)[1]) if record_clips else None
     else:
         chunk = max(1, budget // (4 * cycles * sn))
+    prepared = None if fused is not None or record_clips else _FusedAdc.prepare(levels, g, *digit_max(cfg, bit_serial)[::-1])
     out = []
     for start in range(0, xi.shape[0], chunk):
         planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
@@ -490,7 +601,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
                 clips.append(flags.view(torch.bool))  # already reduced over slices
             acc = fused.crossbar_codes(planes, *hi_lo, place_t, *adc_at, clips=flags)
         else:
-            acc = _tile_codes(planes, levels, g, cfg["op"], clips)
+            acc = _tile_codes(planes, levels, g, cfg["op"], clips, prepared)
             if cycles > 1:  # shift-and-add over input cycles
                 acc = _place_sum(acc.view(cycles, -1, sn), place_t.cpu())
         out.append(_place_sum(acc.view(-1, slices, sn // slices).transpose(0, 1), place_s))  # and over slices
