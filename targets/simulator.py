@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from nvcc_pt.targets.adc import Grid, RangeRecorder, grid
+from nvcc_pt.targets.cpu_adc import FusedAdc, magic_rounds_on_onednn
 from nvcc_pt.targets.devices import (
     TINY,
     digit_max,
@@ -236,6 +237,37 @@ def recording_ranges(per_column: bool = False, percentile: float | None = None):
         _calibration, _calibration_options = previous, previous_options
 
 
+PROGRESS_DELAY_S = 3.0
+"""A call's crossbar progress bar appears once the call has run this long (unless asked for at once)."""
+_progress = None
+"""While `crossbar_progress` is open: the bar each crossbar op advances by one."""
+
+
+@contextmanager
+def crossbar_progress(ops: int, fidelity: str, show: bool | None = None):
+    """Within the block (one call of a compiled model), each op at `adc` or `bit-serial` fidelity advances a tqdm bar
+    of `ops` steps: shown once the call has run `PROGRESS_DELAY_S` seconds (`show=None`), at once (True), or never
+    (False). A bit-serial SmolLM2-135M forward on two CPU cores runs for tens of seconds.
+
+    Example:
+        >>> with crossbar_progress(len(cm.plan.states()), cm.fidelity, show=True):
+        ...     cm.graph_module(*cm.prepare_inputs(ids))
+    """
+    global _progress
+    if show is False or fidelity not in CROSSBAR or ops == 0 or _progress is not None:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    _progress = tqdm(total=ops, desc=f"{fidelity} ops", unit="op", delay=0.0 if show else PROGRESS_DELAY_S,
+                     leave=False)
+    try:
+        yield
+    finally:
+        _progress.close()
+        _progress = None
+
+
 _deferred: list[tuple[str, torch.Tensor]] | None = None
 
 
@@ -356,111 +388,12 @@ def _tile_product(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return x @ levels
 
 
-_MAGIC = 1.5 * 2.0**23
-"""Float32 has no fraction bits in [2^23, 2^24): `(_MAGIC + v) - _MAGIC` is `v` rounded half to even, as
-`torch.round` rounds, for |v| < 2^22."""
-
-
-def _magic_rounds_on_onednn() -> bool:
-    """Whether oneDNN adds a GEMM's bias after accumulating and clamps after that (a hardtanh post-op), so that one
-    call with bias `_MAGIC` is the ADC's round and clip: checked on non-integer sums and on exact ties."""
-    if not _ONEDNN:
-        return False
-    try:
-        gen = torch.Generator().manual_seed(0)
-        for m, k, n in ((1, 128, 512), (37, 44, 96), (300, 128, 33)):
-            x = (torch.rand(m, k, generator=gen) < 0.4).float() * 0.5  # halves: sums land on ties too
-            w = torch.randint(0, 4, (n, k), generator=gen).float()
-            w[: n // 2] += 0.06 * torch.randn(n // 2, k, generator=gen)
-            w = w.t().contiguous().t()  # laid out as the crossbar's levels are
-            bias = torch.full((n,), _MAGIC)
-            got = torch.ops.mkldnn._linear_pointwise(x, w, bias, "hardtanh", [_MAGIC - 9, _MAGIC + 9], "")
-            if not torch.equal(got - _MAGIC, _onednn_linear(x, w).round_().clamp_(-9, 9)):
-                return False
-        return True
-    except RuntimeError:
-        return False
-
-
-_MAGIC_ROUNDS = _magic_rounds_on_onednn()
-
-
-class _FusedAdc:
-    """One call's row tiles prepared so that one oneDNN GEMM per tile also rounds and clips (`_MAGIC` as the bias, a
-    hardtanh post-op), leaving one accumulating pass per tile instead of five.
-
-    A read `v` (in codes) becomes `y = clamp(round(bias + sign * v))` with per-column signs and biases chosen so
-    that one pair of scalar bounds clips every column as the ADC does, and `acc += tau * y` with the tile's
-    `tau` = +-1 alternating, so that the accumulator stays below 2^24 and every sum in it is exact. Flipped
-    columns (ISAAC's encoding) read `-code` directly: their `sign` is `-tau`, their clip at code 0 falls on the
-    bound their unflipped neighbours never reach (checked per tile from the levels; a tile that could reach it
-    takes the plain path). The biases and the flipped columns' `top * sum(digits)` come back in one small GEMM.
-    """
-
-    def __init__(self, levels: torch.Tensor, g: Grid, tiles: list[int]):
-        self.tiles = tiles
-        self.step = float(g.step[tiles[0], 0])
-        self.inv = float(g.inv_step[tiles[0], 0])
-        self.weights, self.bias, self.bounds, self.tau = [], [], [], []
-        sn = levels.shape[-1]
-        shift = torch.zeros(sn, dtype=torch.float64)
-        flips = []
-        for i, r in enumerate(tiles):
-            tau = 1.0 if i % 2 == 0 else -1.0
-            lo, hi = float(g.lo[r, 0]), float(g.hi[r, 0])
-            flip = g.flip[r].cpu() if g.flip is not None else torch.zeros(sn, dtype=torch.bool)
-            if bool(flip.any()):  # lo is 0 here; reads span [bias, bias + hi] or [bias - hi, bias] by their sign
-                span = hi + 1
-                base = torch.where(flip, _MAGIC + span * (tau > 0), _MAGIC + span * (tau < 0)).double()
-                self.bounds.append((_MAGIC, _MAGIC + span))
-            else:
-                base = torch.full((sn,), _MAGIC, dtype=torch.float64)
-                self.bounds.append((_MAGIC + lo, _MAGIC + hi) if tau > 0 else (_MAGIC - hi, _MAGIC - lo))
-            sign = (tau * (1 - 2 * flip.float())).to(levels.device)
-            self.weights.append((levels[r] * sign).t())
-            self.bias.append(base.float().to(levels.device))
-            self.tau.append(tau)
-            shift += tau * base
-            flips.append(flip.float() * (g.top * self.inv))
-        self.shift = (-shift).float().to(levels.device)  # exact: a multiple of top, well below 2^32
-        self.flips = torch.stack(flips).to(levels.device)
-        self.any_flip = g.flip is not None and bool(self.flips.any())
-
-    @staticmethod
-    def prepare(levels: torch.Tensor, g: Grid, bipolar: bool, digit: float) -> _FusedAdc | None:
-        """The tiles that can take the fused path (those sharing the first tile's step), or None."""
-        if not (_MAGIC_ROUNDS and _on_onednn(levels, levels) and not g.per_column and recording() is False):
-            return None
-        inv = g.inv_step[:, 0]
-        tiles = []
-        for r in range(levels.shape[0]):
-            lo, hi, step = float(g.lo[r, 0]), float(g.hi[r, 0]), float(g.step[r, 0])
-            if math.frexp(float(inv[r]))[0] != 0.5 or max(-lo, hi) >= 2**20 or step != float(g.step[0, 0]):
-                continue  # only a power-of-two step scales the inputs exactly
-            if g.flip is not None and bool(g.flip[r].any()):
-                # a read of no column may round above `hi` (`sign` moves it onto the other columns' clip bound)
-                most = levels[r].clamp(min=0).sum(0).amax() * digit * float(inv[r]) * (1 + 1e-5)
-                if lo != 0 or bipolar or float(most) >= hi + 0.5:
-                    continue
-            tiles.append(r)
-        if not tiles or len(tiles) * (float(g.hi.abs().max()) + float(g.lo.abs().max()) + 1) >= 2**21:
-            return None
-        return _FusedAdc(levels, g, tiles)
-
-    def codes(self, xt: torch.Tensor) -> torch.Tensor:
-        """ADC codes summed over the prepared tiles, in codes of their step: `[M, S*N]` for inputs `[M, R, rows]`."""
-        acc = None
-        for r, w, bias, (low, high), tau in zip(self.tiles, self.weights, self.bias, self.bounds, self.tau):
-            y = torch.ops.mkldnn._linear_pointwise(xt[:, r] * self.inv, w, bias, "hardtanh", [low, high], "")
-            acc = y if acc is None else acc.add_(y, alpha=tau)
-        # the biases and, for flipped columns, top * sum(digits): integers well inside float32's exact range
-        rows = xt[:, self.tiles].sum(-1)
-        fix = torch.addmm(self.shift, rows, self.flips) if self.any_flip else self.shift
-        return acc.add_(fix)
+_MAGIC_ROUNDS = _ONEDNN and magic_rounds_on_onednn()
+"""Whether the CPU crossbar path lets oneDNN's GEMM round and clip (`targets/cpu_adc.py`)."""
 
 
 def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, g: Grid, op: str,
-                clips: list[torch.Tensor] | None = None, fused: _FusedAdc | None = None) -> torch.Tensor:
+                clips: list[torch.Tensor] | None = None, fused: FusedAdc | None = None) -> torch.Tensor:
     """ADC outputs of every row tile summed over tiles, in level units: `[T*b, S*N]` for DAC planes `[T, b, K]`.
 
     One GEMM per row tile; its block of partial sums (sized by `CHUNK_BYTES`) is rounded, clipped and
@@ -590,7 +523,9 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         limits = _clip_limits(g, levels, digit_max(cfg, bit_serial)[1]) if record_clips else None
     else:
         chunk = max(1, budget // (4 * cycles * sn))
-    prepared = None if fused is not None or record_clips else _FusedAdc.prepare(levels, g, *digit_max(cfg, bit_serial)[::-1])
+    prepared = None  # the tiles whose GEMM also rounds and clips, on oneDNN
+    if _MAGIC_ROUNDS and fused is None and not record_clips and not recording() and _on_onednn(levels, levels):
+        prepared = FusedAdc.prepare(levels, g, *digit_max(cfg, bit_serial)[::-1])
     out = []
     for start in range(0, xi.shape[0], chunk):
         planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
@@ -688,6 +623,8 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         flat = x.reshape(-1, x.shape[-1]).float()
         grads = x.requires_grad or weight.requires_grad  # (autograd is off inside the op; the flags are kept)
         y = _crossbar(flat, levels, scale, adc_range, cfg, fidelity == "bit-serial", grads)
+        if _progress is not None:
+            _progress.update(1)
         y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
         return y + bias if bias is not None else y
     raise FidelityError(f"op {cfg['op']!r}: fidelity {fidelity!r} is not implemented; choose one of {IMPLEMENTED}")
