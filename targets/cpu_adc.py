@@ -77,7 +77,7 @@ class FusedAdc:
             self.tau.append(tau)
             shift += tau * base
             flips.append(flip.float() * (g.top * self.inv))
-        self.shift = (-shift).float().to(levels.device)  # exact: a multiple of top, well below 2^32
+        self.shift = (-shift).float().to(levels.device)  # exact: integers below 2^24 (`prepare`'s guard)
         self.flips = torch.stack(flips).to(levels.device)
         self.any_flip = g.flip is not None and bool(self.flips.any())
 
@@ -99,8 +99,8 @@ class FusedAdc:
                 if lo != 0 or bipolar or float(most) >= hi + 0.5:
                     continue
             tiles.append(r)
-        if not tiles or len(tiles) * (float(g.hi.abs().max()) + float(g.lo.abs().max()) + 1) >= 2**21:
-            return None
+        if not tiles or len(tiles) * (float(g.hi.abs().max()) + float(g.lo.abs().max()) + 1) >= 2**20:
+            return None  # the accumulator, about 1.5 * 2^23 plus the codes, must stay below 2^24
         return FusedAdc(levels, g, tiles)
 
     def codes(self, xt: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ row within the tile, and one ADC column per (slice, output). A differential pair
 as one current (the analog subtraction), so its column holds `L+ - L-`. For each chunk of
 batch rows, one GEMM per row tile gives that tile's partial sums for every column and input
 cycle at once (the cycles ride along as extra rows), in units of one ADC step; the ADC rounds
-and clips that block in place while it is still in cache, and the codes are summed over
+and clips that block (on oneDNN inside the GEMM itself, `cpu_adc.py`), and the codes are summed over
 tiles, then shifted and added over cycles and slices. Partial sums of integer levels times
 integer digits are exact in float32 (< 2^24), so with ideal devices the ADC sees exact
 integers. Column tiling does not change the numbers (each column has its own ADC), so it is
@@ -246,15 +246,15 @@ _progress = None
 @contextmanager
 def crossbar_progress(ops: int, fidelity: str, show: bool | None = None):
     """Within the block (one call of a compiled model), each op at `adc` or `bit-serial` fidelity advances a tqdm bar
-    of `ops` steps: shown once the call has run `PROGRESS_DELAY_S` seconds (`show=None`), at once (True), or never
-    (False). A bit-serial SmolLM2-135M forward on two CPU cores runs for tens of seconds.
+    of `ops` steps: shown once the call has run `PROGRESS_DELAY_S` seconds (`show=None`, plans of several ops), at
+    once (True), or never (False). A bit-serial SmolLM2-135M forward on two CPU cores runs for minutes.
 
     Example:
         >>> with crossbar_progress(len(cm.plan.states()), cm.fidelity, show=True):
         ...     cm.graph_module(*cm.prepare_inputs(ids))
     """
     global _progress
-    if show is False or fidelity not in CROSSBAR or ops == 0 or _progress is not None:
+    if show is False or fidelity not in CROSSBAR or ops < (1 if show else 2) or _progress is not None:
         yield
         return
     from tqdm.auto import tqdm
