@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=_list(int), default=None, help="user indices to keep (default: all)")
     ap.add_argument("--inits", type=_list(str), default=("labels", "samples"))
     ap.add_argument("--lrs", type=_list(float), default=(0.03, 0.1))
-    ap.add_argument("--steps", type=_list(int), default=(40, 80))
+    ap.add_argument("--steps", type=_list(int), default=(20, 40, 80))
     ap.add_argument("--n-virtual", type=_list(int), default=(8, 16))
     ap.add_argument("--per-cluster", type=_list(int), default=(5, 12))
     ap.add_argument("--batch-size", type=int, default=4)
