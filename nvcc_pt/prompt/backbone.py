@@ -192,7 +192,6 @@ class Backbone:
             raise InputError("every OVT needs at least one training sample")
         check.integer("steps", steps, lo=0, hi=10**9, where="train_ovts")
         check.integer("batch_size", batch_size, lo=1, hi=2**20, where="train_ovts")
-        check.choice("init", init, OVT_INITS, where="train_ovts")
         start = torch.stack([self.init_ovt(g, n_virtual, init) for g in groups])
         n = len(groups)
         if target is None:
