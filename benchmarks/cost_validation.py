@@ -32,7 +32,8 @@ HT_W, HT_MM2 = 10.4, 22.88  # ISAAC Table I, HyperTransport: 4 links at 1.6 GHz
 def isaac_target():
     return nvcc_pt.get_target("reram-128x128").replace(
         name="isaac-ce", weight_bits=16, input_bits=16, dac_bits=1, adc_bits=8, cell_bits=2, sign="offset",
-        arrays_per_macro=8, macros_per_chip=12 * 168, clock_mhz=10.0)
+        arrays_per_macro=8, macros_per_chip=12 * 168, clock_mhz=10.0,
+        extra=(("input_encoding", "twos-complement"),))  # ISAAC's 16 cycles for 16-bit inputs: 15 bits and the sign
 
 
 def isaac_layer() -> dict:

@@ -100,7 +100,8 @@ class SmolLM2:
             logits = (logits if logits is not None else cm(self.ids)).float()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                                 self.ids[:, 1:].reshape(-1))
-        return math.exp(nll.item())
+        nll = nll.item()
+        return math.exp(nll) if nll < 709 else math.inf  # exp overflows a double past 709.78
 
 
 # -- the table ---------------------------------------------------------------------------------------------
@@ -142,6 +143,8 @@ def _fmt(value, perplexity: bool) -> str:
     if value is None:
         return "= adc"
     if perplexity:
+        if math.isinf(value):
+            return "> 1e308"
         return f"{value:.3g}" if value < 1e4 else f"{value:.1e}"
     return f"{value:.3f}"
 

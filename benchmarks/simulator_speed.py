@@ -3,12 +3,15 @@
     python benchmarks/simulator_speed.py                 # CPU: 1024x1024 layer at batch 256, a small Llama,
                                                          # Monte Carlo one instance per pass against batched
     python benchmarks/simulator_speed.py --device cuda   # adds a 4096x4096 layer at batch 4096
+    python benchmarks/simulator_speed.py --threads 2 --smollm2 128   # adds the real SmolLM2-135M, bit-serial
 
 On CPU the simulator's GEMMs run on oneDNN where torch ships it; the layer's JSON then also gives
 each ratio to a oneDNN dense product (`*_ratio_to_onednn`), the simulator's overhead over the same
 GEMM library. The layer runs on 128x128 arrays with 8-bit weights on 2-bit cells and 8-bit inputs:
 `noisy` (ideal ADC), `adc` (8-bit DAC, one 8-bit ADC read per array column), `bit-serial`
-(1-bit DAC, 8-bit ADC every cycle; two's-complement inputs take 8 cycles, two-phase 14).
+(1-bit DAC, 8-bit ADC every cycle; two's-complement inputs take 8 cycles, two-phase 14), the first three on
+differential weights, and `bit-serial-preset` the default preset `reram-128x128` as it is (offset weights with
+ISAAC's flipped columns, two-phase inputs, sigma 0.02), also with two's-complement inputs.
 Peers on CPU, for orientation: CrossSim 3.2 ~9x (ideal-ADC balanced core) and ~635x (ISAAC-like
 bit-sliced core, ADC per input bit); aihwkit 1.2 ~32-51x (figures from the issue that set these goals).
 """
@@ -32,6 +35,9 @@ CASES = {
     "adc": ("adc", {"dac_bits": 8}),
     "bit-serial": ("bit-serial", {"dac_bits": 1, "extra": (("input_encoding", "twos-complement"),)}),
     "bit-serial-two-phase": ("bit-serial", {"dac_bits": 1}),
+    # the default preset as a user gets it: offset weights with ISAAC's flipped columns, two-phase inputs (14 cycles)
+    "bit-serial-preset": ("bit-serial", None),
+    "bit-serial-preset-twos-complement": ("bit-serial", {"extra": (("input_encoding", "twos-complement"),)}, True),
 }
 
 
@@ -56,6 +62,17 @@ def timed(fn, plain, device: torch.device, repeat: int) -> tuple[float, float]:
         return paired(fn, plain, device, repeat)
 
 
+def case_spec(case: tuple):
+    """The target of a `CASES` entry: `spec(**changes)`, or the default preset itself (None), or the default preset
+    with changes (a third element True)."""
+    changes = case[1]
+    if changes is None:
+        return nvcc_pt.get_target("reram-128x128")
+    if len(case) > 2:
+        return nvcc_pt.get_target("reram-128x128").replace(**changes)
+    return spec(**changes)
+
+
 def spec(**changes):
     # the configuration the README's figures were measured on: differential weights, two-phase inputs and a
     # power-of-two full-scale step (the `exact` mode on differential columns); the ISAAC preset's flipped
@@ -72,8 +89,8 @@ def bench_layer(k: int, n: int, batch: int, device: torch.device, repeat: int) -
     x = torch.randn(batch, k, device=device)
     w, b = layer.weight.detach(), layer.bias.detach()
     out = {"shape": f"{k}x{n}", "batch": batch}
-    for name, (fidelity, changes) in CASES.items():
-        cm = nvcc_pt.compile(layer.cpu(), target=spec(**changes), example_inputs=(x.cpu(),), fidelity=fidelity)
+    for name, case in CASES.items():
+        cm = nvcc_pt.compile(layer.cpu(), target=case_spec(case), example_inputs=(x.cpu(),), fidelity=case[0])
         cm.to(device)
         t, plain = timed(lambda cm=cm: cm(x), lambda: F.linear(x, w, b), device, repeat)
         out["plain_ms"] = min(out.get("plain_ms", math.inf), plain * 1e3)
@@ -99,8 +116,8 @@ def bench_llama(device: torch.device, repeat: int) -> dict:
     ids = torch.randint(0, config.vocab_size, (4, 64))
     out = {"model": "llama h256 i688 L4 vocab2000", "batch": 4, "seq": 64}
     dev_ids = ids.to(device)
-    for name, (fidelity, changes) in CASES.items():
-        cm = nvcc_pt.compile(model.cpu(), target=spec(**changes), fidelity=fidelity).to(device)
+    for name, case in CASES.items():
+        cm = nvcc_pt.compile(model.cpu(), target=case_spec(case), fidelity=case[0]).to(device)
         model.to(device)
         t, plain = timed(lambda cm=cm: cm(dev_ids), lambda: model(dev_ids, use_cache=False).logits, device, repeat)
         out["plain_ms"] = min(out.get("plain_ms", math.inf), plain * 1e3)
@@ -141,6 +158,25 @@ def bench_montecarlo(device: torch.device, seeds: int) -> dict:
     return out
 
 
+def bench_smollm2(tokens: int) -> dict:
+    """The real SmolLM2-135M (`nvcc_pt.models.load_smollm2`) at `bit-serial` on the default preset: seconds for one
+    forward of 1 x `tokens` tokens of WordNet glosses, against the plain model in the same run."""
+    from nvcc_pt.models import load_smollm2
+    from nvcc_pt.text import wordnet_glosses
+
+    model, tok = load_smollm2()
+    ids = tok("\n".join(g for _, g in wordnet_glosses(limit=200)), return_tensors="pt").input_ids[:, :tokens]
+    start = time.perf_counter()
+    cm = nvcc_pt.compile(model, target="reram-128x128", fidelity="bit-serial", seed=0)
+    out = {"model": "SmolLM2-135M", "target": "reram-128x128", "tokens": ids.shape[1],
+           "compile_s": time.perf_counter() - start}
+    with torch.no_grad():
+        out["bit_serial_s"], out["plain_s"] = paired(lambda: cm(ids), lambda: model(ids, use_cache=False),
+                                                     torch.device("cpu"), 1)
+    out["ratio"] = out["bit_serial_s"] / out["plain_s"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -148,6 +184,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-llama", action="store_true")
     parser.add_argument("--seeds", type=int, default=16, help="Monte Carlo instances for the batching benchmark")
+    parser.add_argument("--smollm2", type=int, default=0, metavar="TOKENS",
+                        help="also time the real SmolLM2-135M at bit-serial on 1 x TOKENS tokens (CPU; e.g. 128)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,6 +196,9 @@ def main() -> None:
     if device.type == "cuda":
         results["layers"].append(bench_layer(4096, 4096, 4096, device, args.repeat))
     print(json.dumps(results["layers"]), file=sys.stderr, flush=True)  # partial results, should a later step fail
+    if args.smollm2:
+        results["smollm2"] = bench_smollm2(args.smollm2)
+        print(json.dumps(results["smollm2"]), file=sys.stderr, flush=True)
     if not args.no_llama:
         try:
             results["llama"] = bench_llama(device, args.repeat)

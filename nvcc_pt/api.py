@@ -23,7 +23,13 @@ from nvcc_pt.pipeline import run_pipeline
 from nvcc_pt.plan import ExecutablePlan, attach_records, collect_records, save_plan
 from nvcc_pt.report import MappingReport, build_report
 from nvcc_pt.targets import TargetSpec, get_target
-from nvcc_pt.targets.simulator import deferred_checks, program_state, recording, start_read_streams
+from nvcc_pt.targets.simulator import (
+    crossbar_progress,
+    deferred_checks,
+    program_state,
+    recording,
+    start_read_streams,
+)
 
 
 def _check_fidelity(fidelity: str) -> str:
@@ -60,6 +66,9 @@ class CompiledModel:
         self.loaded_from: str | None = None
         """The plan directory this model was loaded from (None when compiled here)."""
         self._weight_leaves: list | None = None
+        self.progress: bool | None = None
+        """A progress bar over the mapped ops of a call at `adc` or `bit-serial` fidelity: None shows it once a call
+        has run for `simulator.PROGRESS_DELAY_S` seconds, True at once, False never."""
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -122,7 +131,7 @@ class CompiledModel:
                                          else s.adc_range.data_ptr()) for _, s in self.plan.states())
             signature = tuple((a.shape, a.dtype, a.device) for a in flat)
             return self._graphs.run(self.graph_module, flat, (signature, self._addresses))
-        with deferred_checks():
+        with deferred_checks(), crossbar_progress(len(self.plan.states()), self.fidelity, self.progress):
             return self.graph_module(*flat)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -221,7 +230,10 @@ class CompiledModel:
         """Set each op's ADC range from the partial sums real inputs produce; returns self.
 
         `batches`: an iterable of inputs (a tensor or a tuple of tensors per call). Runs at the current
-        fidelity, which must be "adc" or "bit-serial", and records the partial sums every op's ADC sees.
+        fidelity, which must be "adc" or "bit-serial", and records the partial sums every op's ADC sees. While
+        it records, every ADC is ideal (no rounding, no clipping), so an op's sums come from the activations
+        that the ops before it give with well-set ranges, not with the ranges being replaced: the result does
+        not depend on the ranges the plan had before.
         `per_column`: one range per (row tile, array column) instead of one per op. `percentile` (50 to 100,
         exclusive): the range spans the (100 - p)-th to the p-th percentile of the sums, clipping the rest,
         instead of their min and max. The step is snapped to the level grid where that loses nothing

@@ -91,10 +91,20 @@ class Precision:
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"Precision.{f.name}={v!r} must be a positive integer")
 
-    @property
-    def input_cycles(self) -> int:
-        """DAC cycles per input vector: `ceil(input_bits / dac_bits)`."""
-        return math.ceil(self.input_bits / self.dac_bits)
+    def input_cycles(self, encoding: str = "two-phase") -> int:
+        """DAC cycles per input vector, as the simulator applies them (`targets.devices.input_planes`): one where
+        the DAC takes every input bit at once; else `m = ceil((input_bits - 1) / dac_bits)` magnitude cycles,
+        twice for `two-phase` inputs (positive entries, then negative ones) and once plus a sign cycle for
+        `twos-complement`.
+
+        Example:
+            >>> Precision(8, 8, 2, 1, 8).input_cycles("two-phase"), Precision(8, 8, 2, 1, 8).input_cycles("twos-complement")
+            (14, 8)
+        """
+        if self.dac_bits >= self.input_bits:
+            return 1
+        magnitude = math.ceil((self.input_bits - 1) / self.dac_bits)
+        return magnitude + 1 if encoding == "twos-complement" else 2 * magnitude
 
 
 @dataclass(frozen=True)

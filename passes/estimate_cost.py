@@ -1,7 +1,9 @@
 """estimate_cost: energy (pJ), latency (ns) and area (mm^2) of every matrix product, per input vector (token).
 
-Rule, for a mapped `[K, N]` product on a `TileGrid` with `c = ceil(input_bits / dac_bits)`
-input cycles (DESIGN.md, Numerics 5-8), from the target's `ComponentCosts`:
+Rule, for a mapped `[K, N]` product on a `TileGrid` with `c` input cycles (`Precision.input_cycles`: 1 where
+the DAC applies every input bit at once, else `m = ceil((input_bits - 1) / dac_bits)` magnitude cycles, twice for
+two-phase inputs and plus a sign cycle for two's complement, as the simulator applies them; DESIGN.md, Numerics
+5-8), from the target's `ComponentCosts`:
 
 - array reads      = arrays * c                         x array read energy (scaled to rows x cols)
 - DAC drives       = K * col_tiles * c                  x DAC energy (scaled to dac_bits)
@@ -53,9 +55,14 @@ PSUM_BYTES = 4  # a partial sum leaves its macro as a 32-bit integer
 COMPONENTS = ("array", "dac", "adc", "shift_add", "input_buffer", "output_buffer", "interconnect", "programming")
 
 
-def op_counts(grid: meta.TileGrid, prec: meta.Precision, macros: int) -> dict[str, float]:
+def input_encoding(target) -> str:
+    """How the target streams signed inputs through its DAC (`TargetSpec.extra['input_encoding']`)."""
+    return dict(target.extra).get("input_encoding", "two-phase")
+
+
+def op_counts(grid: meta.TileGrid, prec: meta.Precision, macros: int, encoding: str = "two-phase") -> dict[str, float]:
     """Events per token for one copy of a mapped op (what each component's energy is multiplied by)."""
-    c = prec.input_cycles
+    c = prec.input_cycles(encoding)
     conversions = grid.physical_cols * grid.row_tiles * c
     in_bytes = grid.k * math.ceil(prec.input_bits / 8)
     out_bytes = grid.n * math.ceil(prec.input_bits / 8)
@@ -82,7 +89,7 @@ def op_latency_ns(grid: meta.TileGrid, prec: meta.Precision, target) -> float:
     costs = costs_for(target)
     costs.require(READ_COMPONENTS, target.name, "crossbar reads")
     s = scaled(costs, target, prec.adc_bits, prec.dac_bits)
-    counts = op_counts(grid, prec, _macros(grid.arrays, target.arrays_per_macro))
+    counts = op_counts(grid, prec, _macros(grid.arrays, target.arrays_per_macro), input_encoding(target))
     accumulate = (math.ceil(math.log2(grid.row_tiles)) + 1) * 1000.0 / costs.digital_clock_mhz
     macros = _macros(grid.arrays, target.arrays_per_macro)
     bandwidth = (costs.interconnect_bandwidth_gb_s or math.inf) * macros  # each macro has its own link
@@ -119,7 +126,7 @@ def mapped_cost(node: fx.Node, target, duplicates: int = 1) -> CostInfo:
     costs.require(READ_COMPONENTS, target.name, "crossbar reads")
     s = scaled(costs, target, prec.adc_bits, prec.dac_bits)
     macros = _macros(grid.arrays, target.arrays_per_macro)
-    n = {k: v * (info.vectors if k != "cells" else 1) for k, v in op_counts(grid, prec, macros).items()}
+    n = {k: v * (info.vectors if k != "cells" else 1) for k, v in op_counts(grid, prec, macros, input_encoding(target)).items()}
     heads = info.instances  # a dynamic product reads every head's grid per token; a static one has one
     energy = {
         "array": n["array_reads"] * s.array_read_pj * heads,

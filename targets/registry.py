@@ -68,18 +68,23 @@ def get_target(target: str | TargetSpec) -> TargetSpec:
 # 1-bit DAC (inputs streamed bit by bit), an 8-bit ADC at 1.28 GS/s shared by the 8 crossbars of an IMA,
 # 12 IMAs per tile, 168 tiles per chip. Weights are stored with a bias (offset, subtracted digitally) and a
 # column whose weights sum to more than half the maximum is stored flipped, so no column's sum exceeds 192
-# and the 8-bit ADC is exact (the `exact` range mode); inputs are two's complement, the sign bit's cycle
-# weighted negatively. ISAAC streams 16-bit data; 8-bit weights and inputs are this preset's choice.
-# ISAAC assumes ideal cells; the variation below is an illustrative default, set it per device.
+# and the 8-bit ADC is exact (the `exact` range mode). ISAAC streams two's-complement inputs and assumes
+# ideal cells; under this preset's illustrative variation (sigma 0.02) that encoding drives most rows in
+# every cycle (a small negative input's high bits are all ones), and the exact ADC rounds each noisy read
+# to whole levels, so this preset drives inputs in two phases instead (positive entries' magnitude bits,
+# then the negative ones', subtracted digitally; 14 cycles for 8-bit inputs instead of 8): exact at sigma
+# 0 all the same, and its sparse reads round the noise away (docs/fidelity.md, "Noise and the exact ADC").
+# ISAAC streams 16-bit data; 8-bit weights and inputs are this preset's choice.
 register_target(TargetSpec(
     name="reram-128x128", device=DeviceModel("reram", sigma=0.02), rows=128, cols=128, cell_bits=2,
     weight_bits=8, input_bits=8, dac_bits=1, adc_bits=8, adc_range="exact", sign="offset",
     arrays_per_macro=8, macros_per_chip=12 * 168, clock_mhz=10.0,
-    extra=(("input_encoding", "twos-complement"),),
-    description="ISAAC-style ReRAM: 2-bit cells, biased weights, bit-serial two's-complement inputs (1-bit DAC), "
+    extra=(("input_encoding", "two-phase"),),
+    description="ISAAC-style ReRAM: 2-bit cells, biased weights, bit-serial two-phase inputs (1-bit DAC), "
                 "8-bit ADC made exact by ISAAC's flipped-column encoding",
     source="Shafiee et al., ISAAC, ISCA 2016, Tables I-II and Sec. IV (crossbar 128x128, 2 bits/cell, 1-bit DAC, "
-           "8-bit ADC, biased weights, flipped columns, 100 ns read)",
+           "8-bit ADC, biased weights, flipped columns, 100 ns read); two-phase inputs instead of ISAAC's "
+           "two's complement (docs/fidelity.md)",
 ))
 
 # PRIME (Chi et al., ISCA 2016, Sec. III-IV): 256x256 ReRAM mats with 4-bit MLC cells, positive and

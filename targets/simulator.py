@@ -20,7 +20,7 @@ row within the tile, and one ADC column per (slice, output). A differential pair
 as one current (the analog subtraction), so its column holds `L+ - L-`. For each chunk of
 batch rows, one GEMM per row tile gives that tile's partial sums for every column and input
 cycle at once (the cycles ride along as extra rows), in units of one ADC step; the ADC rounds
-and clips that block in place while it is still in cache, and the codes are summed over
+and clips that block (on oneDNN inside the GEMM itself, `cpu_adc.py`), and the codes are summed over
 tiles, then shifted and added over cycles and slices. Partial sums of integer levels times
 integer digits are exact in float32 (< 2^24), so with ideal devices the ADC sees exact
 integers. Column tiling does not change the numbers (each column has its own ADC), so it is
@@ -50,6 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from nvcc_pt.targets.adc import Grid, RangeRecorder, grid
+from nvcc_pt.targets.cpu_adc import FusedAdc, magic_rounds_on_onednn
 from nvcc_pt.targets.devices import (
     LEVELS_DTYPE,
     TINY,
@@ -75,10 +76,11 @@ from nvcc_pt.ops import CLIPPED, FIDELITIES, READ_STREAM_ATTR, CimState, ReadStr
 
 IMPLEMENTED = FIDELITIES
 CROSSBAR = ("adc", "bit-serial")
-CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
+CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
 """Memory budget (bytes, per device type) of one batch chunk in the crossbar paths; the batch is processed in
-chunks under it. On CPU it holds one row tile's partial sums: a block that stays in the core's cache keeps the
-ADC passes cheap. On CUDA it holds the fused kernel's DAC planes and per-slice sums."""
+chunks under it. On CPU it holds one row tile's partial sums: large enough that each GEMM has rows to amortize
+oneDNN's weight packing over (a 4 MiB budget ran 3-4x slower on a 1024x1024 layer at batch 256), small enough
+for a shared last-level cache. On CUDA it holds the fused kernel's DAC planes and per-slice sums."""
 
 _calibration: dict[str, RangeRecorder] | None = None
 _calibration_options: tuple[bool, float | None] = (False, None)
@@ -236,6 +238,37 @@ def recording_ranges(per_column: bool = False, percentile: float | None = None):
         _calibration, _calibration_options = previous, previous_options
 
 
+PROGRESS_DELAY_S = 3.0
+"""A call's crossbar progress bar appears once the call has run this long (unless asked for at once)."""
+_progress = None
+"""While `crossbar_progress` is open: the bar each crossbar op advances by one."""
+
+
+@contextmanager
+def crossbar_progress(ops: int, fidelity: str, show: bool | None = None):
+    """Within the block (one call of a compiled model), each op at `adc` or `bit-serial` fidelity advances a tqdm bar
+    of `ops` steps: shown once the call has run `PROGRESS_DELAY_S` seconds (`show=None`, plans of several ops), at
+    once (True), or never (False). A bit-serial SmolLM2-135M forward on two CPU cores runs for minutes.
+
+    Example:
+        >>> with crossbar_progress(len(cm.plan.states()), cm.fidelity, show=True):
+        ...     cm.graph_module(*cm.prepare_inputs(ids))
+    """
+    global _progress
+    if show is False or fidelity not in CROSSBAR or ops < (1 if show else 2) or _progress is not None:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    _progress = tqdm(total=ops, desc=f"{fidelity} ops", unit="op", delay=0.0 if show else PROGRESS_DELAY_S,
+                     leave=False)
+    try:
+        yield
+    finally:
+        _progress.close()
+        _progress = None
+
+
 _deferred: list[tuple[str, torch.Tensor]] | None = None
 
 
@@ -356,8 +389,12 @@ def _tile_product(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return x @ levels
 
 
+_MAGIC_ROUNDS = _ONEDNN and magic_rounds_on_onednn()
+"""Whether the CPU crossbar path lets oneDNN's GEMM round and clip (`targets/cpu_adc.py`)."""
+
+
 def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, g: Grid, op: str,
-                clips: list[torch.Tensor] | None = None) -> torch.Tensor:
+                clips: list[torch.Tensor] | None = None, fused: FusedAdc | None = None) -> torch.Tensor:
     """ADC outputs of every row tile summed over tiles, in level units: `[T*b, S*N]` for DAC planes `[T, b, K]`.
 
     One GEMM per row tile; its block of partial sums (sized by `CHUNK_BYTES`) is rounded, clipped and
@@ -373,8 +410,14 @@ def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, g: Grid, op: str,
     if _calibration is not None:
         recorder = _calibration.setdefault(op, RangeRecorder(*_calibration_options))
     acc = None
+    if fused is not None:  # the tiles the GEMM itself rounds and clips
+        acc = fused.codes(xt)
+        if not common:
+            acc = acc.mul_(fused.step)
     outside = []
     for r in range(tiles):
+        if fused is not None and r in fused.tiles:
+            continue
         # in units of one code: v / step, correctly rounded (ties round alike everywhere); a power-of-two step
         # scales the inputs instead, exactly and for free
         if g.per_column:
@@ -400,7 +443,8 @@ def _tile_codes(planes: torch.Tensor, levels: torch.Tensor, g: Grid, op: str,
                 outside.append(torch.zeros(b, codes.shape[-1], dtype=torch.bool, device=codes.device))
         if _adc_observer is not None:
             _adc_observer(op, codes, lo, hi)
-        codes = codes.round_().clamp_(lo, hi)
+        if recorder is None:  # while calibrating, an ideal ADC: the ops downstream see what well-ranged ADCs give
+            codes = codes.round_().clamp_(lo, hi)
         if sign is not None:
             codes = codes.mul_(sign).add_(correction)
         if not common:
@@ -484,6 +528,9 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         limits = _clip_limits(g, levels, digit_max(cfg, bit_serial)[1]) if record_clips else None
     else:
         chunk = max(1, budget // (4 * cycles * sn))
+    prepared = None  # the tiles whose GEMM also rounds and clips, on oneDNN
+    if _MAGIC_ROUNDS and fused is None and not record_clips and not recording() and _on_onednn(levels, levels):
+        prepared = FusedAdc.prepare(levels, g, *digit_max(cfg, bit_serial)[::-1])
     out = []
     for start in range(0, xi.shape[0], chunk):
         planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
@@ -494,7 +541,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
                 clips.append(flags.view(torch.bool))  # already reduced over slices
             acc = fused.crossbar_codes(planes, *hi_lo, place_t, *adc_at, clips=flags)
         else:
-            acc = _tile_codes(planes, levels, g, cfg["op"], clips)
+            acc = _tile_codes(planes, levels, g, cfg["op"], clips, prepared)
             if cycles > 1:  # shift-and-add over input cycles
                 acc = _place_sum(acc.view(cycles, -1, sn), place_t.cpu())
         out.append(_place_sum(acc.view(-1, slices, sn // slices).transpose(0, 1), place_s))  # and over slices
@@ -581,6 +628,8 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         flat = x.reshape(-1, x.shape[-1]).float()
         grads = x.requires_grad or weight.requires_grad  # (autograd is off inside the op; the flags are kept)
         y = _crossbar(flat, levels, scale, adc_range, cfg, fidelity == "bit-serial", grads)
+        if _progress is not None:
+            _progress.update(1)
         y = y.to(x.dtype).reshape(*x.shape[:-1], -1)
         return y + bias if bias is not None else y
     raise FidelityError(f"op {cfg['op']!r}: fidelity {fidelity!r} is not implemented; choose one of {IMPLEMENTED}")

@@ -39,14 +39,28 @@ def counts_ratio(a: dict, b: dict, component: str) -> float:
     return a["energy_breakdown_pj"][component] / b["energy_breakdown_pj"][component]
 
 
+@pytest.mark.parametrize("encoding", ["two-phase", "twos-complement"])
+@pytest.mark.parametrize(("input_bits", "dac_bits"), [(8, 1), (8, 2), (6, 3), (5, 4), (8, 8)])
+def test_cost_model_counts_the_cycles_the_simulator_applies(encoding, input_bits, dac_bits):
+    """The report's reads, conversions and latency are those of the DAC cycles the bit-serial path runs."""
+    from nvcc_pt.targets.devices import input_planes
+
+    t = nvcc_pt.get_target("reram-128x128").replace(input_bits=input_bits, dac_bits=dac_bits,
+                                                   extra=(("input_encoding", encoding),))
+    one_cycle = linear_row(64, 16, t.replace(dac_bits=input_bits))  # the ADC's energy per conversion is the same
+    cfg = {"input_bits": input_bits, "dac_bits": dac_bits, "input_encoding": encoding}
+    planes, _ = input_planes(torch.tensor([[3, -5, 0]]), cfg, bit_serial=True)
+    assert counts_ratio(linear_row(64, 16, t), one_cycle, "adc") == pytest.approx(planes.shape[0])
+
+
 def test_costs_scale_with_input_cycles():
     t = nvcc_pt.get_target("reram-128x128")
-    serial = linear_row(64, 16, t.replace(dac_bits=1))   # 8 input cycles
-    wide = linear_row(64, 16, t.replace(dac_bits=2))     # 4 input cycles
+    serial = linear_row(64, 16, t.replace(dac_bits=1))   # 14 input cycles: 7 magnitude bits, two phases
+    wide = linear_row(64, 16, t.replace(dac_bits=2))     # 8 input cycles: 4 two-bit digits, two phases
     assert serial["arrays"] == wide["arrays"]
     for component in ("array", "adc", "shift_add"):
-        assert counts_ratio(serial, wide, component) == pytest.approx(2.0)
-    assert serial["latency_ns"] > 1.9 * wide["latency_ns"] - 100
+        assert counts_ratio(serial, wide, component) == pytest.approx(14 / 8)
+    assert serial["latency_ns"] > 1.7 * wide["latency_ns"] - 100
 
 
 def test_costs_scale_with_arrays_and_conversions():

@@ -92,3 +92,13 @@ def test_mean_query_is_one_row(setup):
     assert query_embeds(bb, t, "tokens").shape == (len(t.split()), bb.hidden)
     assert torch.allclose(query_embeds(bb, t, "mean")[0], query_embeds(bb, t, "tokens").mean(0))
     assert not math.isnan(query_embeds(bb, t, "mean").sum().item())
+
+
+def test_one_row_query_makes_ssa_a_scaled_mips():
+    from nvcc_pt.prompt.ssa import SSA_SCALES, SSA_WEIGHTS, ssa_scores_direct
+
+    gen = torch.Generator().manual_seed(0)
+    ovts, query = torch.randn(5, 8, 16, generator=gen), torch.randn(1, 16, generator=gen)
+    ssa = ssa_scores_direct(query, ovts, SSA_SCALES, SSA_WEIGHTS)
+    mips = ssa_scores_direct(query, ovts, (1,), (1.0,))
+    assert torch.allclose(ssa, 1.55 * mips, rtol=1e-5, atol=1e-5)  # 1 + 0.8/2 + 0.6/4: the same ranking at sigma 0

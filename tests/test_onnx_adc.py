@@ -75,8 +75,10 @@ SPECS = {
     "offset-dac2": {"sign": "offset", "dac_bits": 2, "adc_bits": 6, "extra": (("input_encoding", "two-phase"),)},
     "twos-complement": {"extra": (("input_encoding", "twos-complement"),), "dac_bits": 3, "input_bits": 7},
     "isaac": {},
+    "isaac-twos-complement": {"extra": (("input_encoding", "twos-complement"),)},
 }
-"""The preset's ISAAC encoding (offset weights, exact range with flipped columns, two's complement) and others."""
+"""The preset's ISAAC array (offset weights, exact range with flipped columns; two-phase inputs), with ISAAC's
+two's-complement inputs, and others."""
 
 
 def mlp_inputs(batch: int, seed: int) -> torch.Tensor:
@@ -103,7 +105,7 @@ def compare_mlp(cm, path) -> float:
     return worst
 
 
-MLP_CASES = [(f, s) for f in CROSSBAR for s in sorted(SPECS) if f == "bit-serial" or s != "twos-complement"]
+MLP_CASES = [(f, s) for f in CROSSBAR for s in sorted(SPECS) if f == "bit-serial" or not s.endswith("twos-complement")]
 """The input encoding only matters bit-serially."""
 
 

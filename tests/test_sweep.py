@@ -196,9 +196,12 @@ def test_local_gpu_cluster_pins_one_gpu_per_worker():
     distributed = pytest.importorskip("distributed")
     from nvcc_pt.sweep_engine import local_cluster
 
-    with local_cluster(gpus=["0", "1"]) as cluster, distributed.Client(cluster) as client:
+    # Where GPUs exist the workers must name real ones (distributed's nanny asks NVML about its GPU); elsewhere two
+    # made-up indices show the pinning all the same.
+    gpus = [str(i) for i in range(torch.cuda.device_count())] or ["0", "1"]
+    with local_cluster(gpus=gpus) as cluster, distributed.Client(cluster) as client:
         seen = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
-    assert sorted(seen.values()) == ["0", "1"]
+    assert sorted(seen.values()) == gpus
 
 
 def test_grid_expansion_validates_and_merges_spellings_of_one_design():
@@ -217,3 +220,20 @@ def test_grid_expansion_validates_and_merges_spellings_of_one_design():
         expand_grid({"adc_bits": list(range(1, 25)), "rows": list(range(1, 101)), "cols": list(range(1, 101))})
     with pytest.raises(SweepError, match="not a sweep's output"):
         nvcc_pt.read_sweep("/nonexistent/sweep.parquet")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_builtin_metric_sweep_on_a_gpu_matches_the_cpu(tmp_path):
+    """The built-in metric on the GPU (several chips per pass, ADC ranges calibrated there) gives the CPU's rows.
+
+    Chips are drawn on the CPU in both, so each row is the same chip; the two differ by float rounding only.
+    """
+    grid = {"adc_bits": [4, 8], "sigma": [0.0, 0.05]}
+    metric = {"name": "relative_error", "tokens": 16, "batch": 2}
+    runs = {device: nvcc_pt.sweep("builtin:tiny-llama", grid, metric, chips=2, out=tmp_path / device, fidelity="adc",
+                                  calibrate=True, device=device, scheduler="serial", progress=False).table
+            for device in ("cpu", "cuda")}
+    cpu, gpu = (runs[d].sort_values(["point_id", "chip"]).reset_index(drop=True) for d in ("cpu", "cuda"))
+    assert list(cpu["point_id"]) == list(gpu["point_id"]) and (gpu["error"] == "").all()
+    err_cpu, err_gpu = cpu["metric.relative_error"], gpu["metric.relative_error"]
+    assert err_gpu.notna().all() and (err_gpu - err_cpu).abs().max() < 1e-3 * max(1.0, err_cpu.abs().max())

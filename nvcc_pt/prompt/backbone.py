@@ -37,6 +37,9 @@ from nvcc_pt.prompt.synthetic import lm_prompt
 Sample = tuple[str, int]
 """An input text and the index of its gold label."""
 
+OVT_INITS = ("labels", "samples")
+"""How `Backbone.train_ovts` starts an OVT: from its samples' label words or from their pooled input embeddings."""
+
 
 class WordTokenizer:
     """Whitespace words to ids for the built-in tiny models (which ship no tokenizer): the labels take ids
@@ -160,22 +163,41 @@ class Backbone:
                   for t, _ in samples]
         return torch.stack(pooled).mean(0).cpu()
 
+    def label_init(self, samples: Sequence[Sample], n_virtual: int) -> torch.Tensor:
+        """An OVT `[n_virtual, H]` from its samples' labels: the token embeddings of `" <label>"` for each gold label
+        of the samples (the most frequent first), repeated to fill `n_virtual` positions (class-label initialisation,
+        Lester et al., EMNLP 2021)."""
+        counts: dict[int, int] = {}
+        for _, y in samples:
+            counts[y] = counts.get(y, 0) + 1
+        ids = [i for y in sorted(counts, key=lambda y: (-counts[y], y)) for i in self.ids(" " + self.labels[y])]
+        rows = self.table[torch.tensor((ids * n_virtual)[:n_virtual], device=self.device)].float()
+        return rows.cpu()
+
+    def init_ovt(self, samples: Sequence[Sample], n_virtual: int, init: str = "labels") -> torch.Tensor:
+        """An OVT's starting point `[n_virtual, H]`: `labels` (`label_init`) or `samples` (`sample_init`)."""
+        check.choice("init", init, OVT_INITS, where="train_ovts")
+        return self.label_init(samples, n_virtual) if init == "labels" else self.sample_init(samples, n_virtual)
+
     def train_ovts(self, groups: Sequence[Sequence[Sample]], *, n_virtual: int = 8, steps: int = 40, lr: float = 0.1,
-                   batch_size: int = 4, target: str | None = None, sigma: float | None = None, seed: int = 0,
-                   progress: tqdm | None = None) -> torch.Tensor:
-        """One OVT per group of samples, `[groups, n_virtual, H]` (CPU), trained together; noise-aware on `target`."""
+                   batch_size: int = 4, init: str = "labels", target: str | None = None, sigma: float | None = None,
+                   seed: int = 0, progress: tqdm | None = None) -> torch.Tensor:
+        """One OVT per group of samples, `[groups, n_virtual, H]` (CPU), trained together; noise-aware on `target`.
+
+        `init` (`OVT_INITS`) is where each OVT starts: `labels`, its samples' label words (`label_init`), or
+        `samples`, their pooled input embeddings (`sample_init`)."""
         from nvcc_pt.prompt.training import _OvtStore
 
         if not groups or any(not g for g in groups):
             raise InputError("every OVT needs at least one training sample")
         check.integer("steps", steps, lo=0, hi=10**9, where="train_ovts")
         check.integer("batch_size", batch_size, lo=1, hi=2**20, where="train_ovts")
-        init = torch.stack([self.sample_init(g, n_virtual) for g in groups])
+        start = torch.stack([self.init_ovt(g, n_virtual, init) for g in groups])
         n = len(groups)
         if target is None:
-            param, store = nn.Parameter(init.to(self.device)), None
+            param, store = nn.Parameter(start.to(self.device)), None
         else:
-            store = _OvtStore(init, target, sigma, None, seed)
+            store = _OvtStore(start, target, sigma, None, seed)
             param = store.param
         rms = self.table.float().pow(2).mean().sqrt().item()
         opt = torch.optim.Adam([param], lr=lr * rms)

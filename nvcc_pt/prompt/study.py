@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from nvcc_pt import validate as check
 from nvcc_pt.errors import DataError, InputError
 from nvcc_pt.files import write_text
+from nvcc_pt.prompt.backbone import OVT_INITS
 from nvcc_pt.prompt.methods import METHODS, check_methods
 from nvcc_pt.prompt.query import QUERIES, SifQuery
 from nvcc_pt.prompt.realtext import TASKS, load_realtext, write_realtext
@@ -62,11 +63,17 @@ class StudyConfig:
     buffers: int = 2
     buffer_size: int = 25
     clusters: int = 2
-    per_cluster: int = 5
+    per_cluster: int = 12
+    """Representatives per domain: the OVT's training samples (12 of a 25-sample buffer's two clusters of about 12;
+    with 5, the OVTs fit their samples and generalise worse, `benchmarks/pt_config_search.py`)."""
     n_virtual: int = 8
     steps: int = 40
     lr: float = 0.03
+    """Adam step size relative to the RMS of the LM's embedding table."""
     batch_size: int = 4
+    init: str = "labels"
+    """Where each OVT starts (`backbone.OVT_INITS`): `labels`, the token embeddings of its samples' label words
+    (class-label initialisation, Lester et al., EMNLP 2021); `samples`, its samples' pooled input embeddings."""
     train_sigma: float = 0.1
     crossbar: str = "128x128"
     max_words: int = 16
@@ -87,6 +94,7 @@ class StudyConfig:
         check.choice("task", self.task, TASKS, where=where)
         check.choice("embedder", self.embedder, ("minilm", "lm"), where=where)
         check.choice("query", self.query, QUERIES, where=where)
+        check.choice("init", self.init, OVT_INITS, where=where)
         object.__setattr__(self, "methods", check_methods(tuple(self.methods)))
         for name in ("devices", "sigmas", "seeds"):
             value = getattr(self, name)
@@ -116,7 +124,16 @@ class StudyConfig:
         """A hash of the fields that change a point's numbers (not the sweep: devices, sigmas, methods, seeds)."""
         sweep = {"devices", "sigmas", "methods", "seeds", "kpp"}
         fixed = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in sweep}
+        if fixed["init"] == "samples":  # the only initialisation before `init` existed: older results keep their hash
+            del fixed["init"]
         return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+
+    def selection_key(self) -> str:
+        """A hash of the fields that the data and the representative selection depend on (not the training's)."""
+        keep = ("model", "task", "users", "queries_per_user", "buffers", "buffer_size", "clusters", "per_cluster",
+                "max_words", "data_seed", "embedder")
+        fixed = {name: getattr(self, name) for name in keep}
+        return "sel-" + hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def prepare_data(cfg: StudyConfig, folder: str | Path):
@@ -137,13 +154,16 @@ def _domains_of(examples) -> list[str]:
 def select_groups(cfg: StudyConfig, data, out: str | Path, embedder=None) -> dict[str, list[tuple[int, list]]]:
     """Each user's buffers and their representative domains, `{"buffer": [(user, examples)], "representative": ...}`.
 
-    The choice is saved in `out/selection/<fingerprint>.json` (history ids) and read from there on the next run,
-    so a resumed run (or one on a machine without the sentence embedder) selects nothing again.
+    The choice is saved in `out/selection/<selection_key>.json` (history ids) and read from there on the next run,
+    so a resumed run, one with other training settings, or one on a machine without the sentence embedder selects
+    nothing again. (A file named by the configuration's `fingerprint`, as older runs saved it, is read too.)
     """
     from nvcc_pt.prompt.selection import select_representatives
 
-    cache = Path(out) / "selection" / f"{cfg.fingerprint()}.json"
-    saved = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else None
+    cache = Path(out) / "selection" / f"{cfg.selection_key()}.json"
+    older = Path(out) / "selection" / f"{cfg.fingerprint()}.json"
+    source = cache if cache.is_file() or not older.is_file() else older
+    saved = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else None
     users: dict[tuple, int] = {}
     for q in data.dataset.queries:
         users.setdefault(q.profile, len(users))
@@ -165,7 +185,7 @@ def select_groups(cfg: StudyConfig, data, out: str | Path, embedder=None) -> dic
             hist = {u: {e.id: e for e in p} for p, u in users.items()}
             groups["representative"] = [(u, [hist[u][i] for i in ids]) for u, ids in saved["representative"]]
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{cache} does not match the data in {Path(out) / 'data'} ({e!r}); delete it") from None
+            raise DataError(f"{source} does not match the data in {Path(out) / 'data'} ({e!r}); delete it") from None
     else:
         doc = {"representative": [[u, [e.id for e in ex]] for u, ex in groups["representative"]]}
         write_text(cache, json.dumps(doc), "selection")
@@ -221,7 +241,8 @@ class Study:
                 groups = self.groups[selection]
                 target = None if device is None else f"{device}-{cfg.crossbar}"
                 ovts = self.bb.train_ovts([self._samples(g) for _, g in groups], n_virtual=cfg.n_virtual,
-                                          steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, target=target,
+                                          steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, init=cfg.init,
+                                          target=target,
                                           sigma=cfg.train_sigma if target else None, seed=seed, progress=bar)
                 bank = OVTBank()
                 for i, ((u, g), ovt) in enumerate(zip(groups, ovts)):

@@ -14,9 +14,9 @@ import time
 
 from nvcc_pt import validate as check
 
-REDUCED = {"devices": "rram1", "seeds": (0,), "chips": 2, "users": 2, "queries_per_user": 12, "buffers": 1,
-           "steps": 24, "batch_size": 2}
-"""The reduced run for two CPU cores: one device, one seed, two chips, two users with one buffer each."""
+REDUCED = {"devices": "rram1", "seeds": (0,), "chips": 2, "users": 2, "queries_per_user": 12, "buffers": 1}
+"""The reduced run for two CPU cores: one device, one seed, two chips, two users with one buffer each (trained as
+the full run trains)."""
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -39,7 +39,8 @@ def config_from_args(args):
                        methods=_names(args.methods), chips=args.chips, seeds=args.seeds, users=args.users,
                        queries_per_user=args.queries_per_user, buffers=args.buffers, buffer_size=args.buffer_size,
                        clusters=args.clusters, per_cluster=args.per_cluster, n_virtual=args.n_virtual,
-                       steps=args.steps, lr=args.lr, batch_size=args.batch_size, train_sigma=args.train_sigma,
+                       steps=args.steps, lr=args.lr, batch_size=args.batch_size, init=args.init,
+                       train_sigma=args.train_sigma,
                        crossbar=args.crossbar, data_seed=args.data_seed, query=args.query, embedder=args.embedder,
                        kpp=args.kpp)
 
@@ -69,11 +70,12 @@ def run(args) -> int:
 
 
 STUDY_DEFAULTS = {"devices": "rram1,fefet2,rram4,fefet6", "seeds": (0, 1, 2), "chips": 10, "users": 6,
-                  "queries_per_user": 16, "buffers": 2, "steps": 40, "batch_size": 4}
+                  "queries_per_user": 16, "buffers": 2, "steps": 40, "batch_size": 4, "init": "labels"}
 
 
 def add_study_parser(sub) -> None:
     """Add `study` to the `nvcc-pt nvcimpt` subcommands."""
+    from nvcc_pt.prompt.backbone import OVT_INITS
     from nvcc_pt.prompt.methods import METHODS
 
     d = STUDY_DEFAULTS
@@ -91,11 +93,13 @@ def add_study_parser(sub) -> None:
     s.add_argument("--buffers", type=check.arg_positive, default=d["buffers"])
     s.add_argument("--buffer-size", type=check.arg_positive, default=25)
     s.add_argument("--clusters", type=check.arg_positive, default=2)
-    s.add_argument("--per-cluster", type=check.arg_positive, default=5)
+    s.add_argument("--per-cluster", type=check.arg_positive, default=12, help="training samples per domain OVT")
     s.add_argument("--n-virtual", type=check.arg_positive, default=8)
     s.add_argument("--steps", type=check.arg_count, default=d["steps"], help="batched prompt-tuning steps per OVT set")
     s.add_argument("--lr", type=check.arg_positive_real, default=0.03, help="Adam step relative to the embeddings' RMS")
     s.add_argument("--batch-size", type=check.arg_positive, default=d["batch_size"], help="samples per OVT per step")
+    s.add_argument("--init", choices=OVT_INITS, default=d["init"],
+                   help="where each OVT starts: its samples' label words (labels) or their pooled input embeddings")
     s.add_argument("--train-sigma", type=check.arg_real, default=0.1)
     s.add_argument("--crossbar", default="128x128")
     s.add_argument("--data-seed", type=check.arg_seed, default=0)

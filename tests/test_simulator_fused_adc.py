@@ -1,0 +1,62 @@
+"""The CPU crossbar path whose oneDNN GEMM also rounds and clips (`cpu_adc.FusedAdc`): bit for bit what the
+separate ADC passes give, in every range mode, encoding and sign, flipped columns and partial tiles included;
+and the progress bar of a long crossbar call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from nvcc_pt.targets import simulator
+
+import nvcc_pt
+
+needs_magic = pytest.mark.skipif(not simulator._MAGIC_ROUNDS, reason="oneDNN's fused bias and clip are not usable here")
+
+CASES = {
+    "preset": {},
+    "preset, sigma 0": {"sigma": 0.0},
+    "twos complement": {"extra": (("input_encoding", "twos-complement"),)},
+    "7-bit ADC, half-level ties": {"adc_bits": 7, "sigma": 0.0},
+    "6-bit ADC, noisy": {"adc_bits": 6, "sigma": 0.1},
+    "differential": {"sign": "differential"},
+    "full scale (not a power of two)": {"adc_range": "full-scale"},
+    "2-bit DAC": {"dac_bits": 2},
+}
+
+
+@needs_magic
+@pytest.mark.parametrize("changes", list(CASES.values()), ids=list(CASES))
+@pytest.mark.parametrize("k", [300, 256])
+def test_the_fused_adc_is_bit_for_bit_the_plain_one(changes, k, monkeypatch):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(k, 40)
+    x = torch.randn(24, k, generator=torch.Generator().manual_seed(1)) * torch.rand(k) ** 3  # small features too
+    spec = nvcc_pt.get_target("reram-128x128").replace(**changes)
+    cm = nvcc_pt.compile(layer, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=1)
+    used = []
+    codes = simulator.FusedAdc.codes
+    monkeypatch.setattr(simulator.FusedAdc, "codes", lambda self, xt: used.append(self.tiles) or codes(self, xt))
+    with torch.no_grad():
+        fused = cm(x)
+        monkeypatch.setattr(simulator, "_MAGIC_ROUNDS", False)
+        plain = cm(x)
+    assert torch.equal(fused, plain)
+    if changes.get("adc_range") != "full-scale":
+        assert used  # the fused path ran (a full-scale step of 384/255 levels is not a power of two: it cannot)
+
+
+def test_a_crossbar_call_shows_progress_when_asked_and_only_when_slow(capsys):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    x = torch.randn(4, 64)
+    cm = nvcc_pt.compile(model, target="reram-128x128", example_inputs=(x,), fidelity="bit-serial")
+    with torch.no_grad():
+        cm(x)  # a call of milliseconds: no bar
+        assert "bit-serial ops" not in capsys.readouterr().err
+        cm.progress = True
+        cm(x)
+        assert "bit-serial ops" in capsys.readouterr().err
+        cm.progress, noisy = False, cm.with_fidelity("noisy")
+        noisy.progress = True
+        noisy(x)  # one dense product per op: nothing to show
+        assert "ops" not in capsys.readouterr().err
