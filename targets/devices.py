@@ -19,9 +19,24 @@ from nvcc_pt.meta import NoiseInfo
 TINY = torch.finfo(torch.float32).tiny
 
 LEVELS_DTYPE = torch.float16
-"""How the crossbar fidelities keep each programmed column's level (`CimState.levels`): a quarter of the bytes
-of float32 per slice, exact for every ideal level, and the deviations rounded to 11 significant bits of the
-column's level (a relative 2^-11, far below any device's variation). Every path reads these rounded values."""
+"""How the crossbar fidelities keep each programmed column's level (`CimState.levels`) for cells of up to
+`EXACT_CELL_BITS` bits: half the bytes of float32 per slice, exact for every ideal level, and the deviations
+rounded to 11 significant bits of the column's level (a relative 2^-11, far below any device's variation).
+Every path reads these rounded values. Wider cells keep float32 levels (`levels_dtype`)."""
+
+EXACT_CELL_BITS = 11
+"""float16 holds every integer up to 2^11 exactly: the widest cell whose ideal levels it keeps exactly."""
+
+
+def levels_dtype(cell_bits: int) -> torch.dtype:
+    """The dtype the crossbar fidelities keep `cell_bits`-bit levels in: `LEVELS_DTYPE`, or float32 for cells
+    wider than `EXACT_CELL_BITS` (a 12-bit cell's level 4095 is not a float16 number).
+
+    Example:
+        >>> levels_dtype(2), levels_dtype(12)
+        (torch.float16, torch.float32)
+    """
+    return LEVELS_DTYPE if cell_bits <= EXACT_CELL_BITS else torch.float32
 
 # Drift exponents vary from device to device (Joshi et al., Nat. Commun. 11:2473, 2020, model nu as a
 # per-device Gaussian); their spread relative to the mean is an illustrative choice here, tune per device.
@@ -153,20 +168,21 @@ def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, key: 
     return programmed.to(levels.device)
 
 
-def as_stored(programmed: torch.Tensor, sign: str) -> torch.Tensor:
-    """Programmed levels `[P, S, N, K]` whose columns read what `CimState.levels` holds (`LEVELS_DTYPE`): each
+def as_stored(programmed: torch.Tensor, sign: str, cell_bits: int) -> torch.Tensor:
+    """Programmed levels `[P, S, N, K]` whose columns read what `CimState.levels` holds (`levels_dtype`): each
     column's level (a differential pair's `L+ - L-`, the analog difference) rounded as stored; a pair comes back
     as `(column, 0)`, so that the difference is exact. For references that compute from cells what the crossbar
     paths compute from stored columns.
 
     Example:
         >>> cells = torch.tensor([0.3333, 0.1]).view(2, 1, 1, 1)
-        >>> torch.equal(as_stored(cells, "offset"), cells.half().float())
+        >>> torch.equal(as_stored(cells, "offset", 2), cells.half().float())
         True
     """
+    dtype = levels_dtype(cell_bits)
     if sign != "differential":
-        return programmed.to(LEVELS_DTYPE).float()
-    column = (programmed[0] - programmed[1]).to(LEVELS_DTYPE).float()
+        return programmed.to(dtype).float()
+    column = (programmed[0] - programmed[1]).to(dtype).float()
     return torch.stack([column, torch.zeros_like(column)])
 
 

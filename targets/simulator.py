@@ -52,11 +52,11 @@ import torch.nn.functional as F
 from nvcc_pt.targets.adc import Grid, RangeRecorder, grid
 from nvcc_pt.targets.cpu_adc import FusedAdc, magic_rounds_on_onednn
 from nvcc_pt.targets.devices import (
-    LEVELS_DTYPE,
     TINY,
     as_stored,
     digit_max,
     input_planes,
+    levels_dtype,
     levels_of,
     magnitudes,
     program_levels,
@@ -165,10 +165,10 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
     programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index), time_s,
                                 g_min, t0, censor, weights=(codes, scale))
-    programmed = as_stored(programmed, cfg["sign"])  # every fidelity reads the columns as the levels keep them
+    programmed = as_stored(programmed, cfg["sign"], cfg["cell_bits"])  # every fidelity reads the columns as the levels keep them
     _store(state, "weight", (read_back(programmed, cfg) * scale[:, None]).to(source.dtype))
     if fidelity in CROSSBAR:
-        _store(state, "levels", crossbar_levels(programmed, cfg).to(LEVELS_DTYPE))  # `devices.LEVELS_DTYPE`
+        _store(state, "levels", crossbar_levels(programmed, cfg).to(levels_dtype(cfg["cell_bits"])))
     else:
         state.levels = no_levels
 
@@ -499,7 +499,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
 
     `record_clips` stores the op's clip mask `[R, B, N]` in `ops.CLIPPED` (the gradient's; see `nvcc_pt.ops`).
     """
-    stored, levels = levels, levels.float()  # as stored (`devices.LEVELS_DTYPE`), multiplied in float32
+    stored, levels = levels, levels.float()  # as stored (`devices.levels_dtype`), multiplied in float32
     sn = levels.shape[-1]
     slices = cfg["slices"]
     xi, sx = _quantize(x, cfg["input_bits"], dequantize=False)

@@ -71,10 +71,19 @@ def test_triton_draws_the_same_numbers():
         w0, w1, w2, w3 = tl.randint4x(seed, offset)
         u0, u1, u2, u3 = tl.rand4x(seed, offset)
         n0, n1, n2, n3 = tl.randn4x(seed, offset)
-        for j, (w, u, z) in enumerate(((w0, u0, n0), (w1, u1, n1), (w2, u2, n2), (w3, u3, n3))):
-            tl.store(words_ptr + at * 4 + j, w.to(tl.int32, bitcast=True), mask=ok)
-            tl.store(uniform_ptr + at * 4 + j, u, mask=ok)
-            tl.store(normal_ptr + at * 4 + j, z, mask=ok)
+        # Written out: Triton's compiler does not take tuple targets in a loop.
+        tl.store(words_ptr + at * 4, w0.to(tl.int32, bitcast=True), mask=ok)
+        tl.store(words_ptr + at * 4 + 1, w1.to(tl.int32, bitcast=True), mask=ok)
+        tl.store(words_ptr + at * 4 + 2, w2.to(tl.int32, bitcast=True), mask=ok)
+        tl.store(words_ptr + at * 4 + 3, w3.to(tl.int32, bitcast=True), mask=ok)
+        tl.store(uniform_ptr + at * 4, u0, mask=ok)
+        tl.store(uniform_ptr + at * 4 + 1, u1, mask=ok)
+        tl.store(uniform_ptr + at * 4 + 2, u2, mask=ok)
+        tl.store(uniform_ptr + at * 4 + 3, u3, mask=ok)
+        tl.store(normal_ptr + at * 4, n0, mask=ok)
+        tl.store(normal_ptr + at * 4 + 1, n1, mask=ok)
+        tl.store(normal_ptr + at * 4 + 2, n2, mask=ok)
+        tl.store(normal_ptr + at * 4 + 3, n3, mask=ok)
 
     n, start = 300, 2**32 - 100  # counters across the 32-bit boundary use the counter's high word
     for seed in (ChipKey(0, 0).stream_seed(VARIATION), ChipKey(12345, 678, call=9).stream_seed(DRIFT)):

@@ -55,7 +55,7 @@ def read_back_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.
     codes, scale = weight_codes(ovt.detach().float().cpu(), cfg)
     levels = levels_of(codes, cfg)  # [P, S, N, K], the order program_state draws in
     programmed = program_levels(levels, info, spec.cell_bits, generator, censor=censor, weights=(codes, scale))
-    programmed = as_stored(programmed, spec.sign)  # as a compiled layer keeps them
+    programmed = as_stored(programmed, spec.sign, spec.cell_bits)  # as a compiled layer keeps them
     return (read_back(programmed, cfg) * scale[:, None]).to(ovt.dtype).to(ovt.device)
 
 
