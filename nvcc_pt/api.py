@@ -174,9 +174,9 @@ class CompiledModel:
 
         `time_s`: seconds since programming, for devices that drift (PCM); None keeps the last value
         (initially the device's reference time, no drift).
-        `draw_on`: "cpu" (initially) draws the variation on the CPU, so a seed is the same chip on every
-        device; "device" draws it where the model is, far faster on a GPU (Monte Carlo), but a GPU's chip
-        for a seed differs from the CPU's; None keeps the last choice.
+        `draw_on` ("cpu" or "device") is accepted for older callers and changes nothing: every chip is drawn
+        where the model is, from a generator keyed by (seed, op, cell) (`targets.philox`), so a seed is the
+        same chip on every device.
         """
         if seed is not None:
             check.seed("seed", seed, where="program")
@@ -199,9 +199,11 @@ class CompiledModel:
             program_state(state, records[name][meta.NOISE], self.plan.fidelity, seed, i, time_s, self.target.device,
                           draw_device)
 
-        # Each op draws from its own generator, so ops can be programmed on parallel threads (torch's samplers
-        # are serial and release the GIL) and a seed still gives the same cells.
-        with ThreadPoolExecutor(max(1, min(len(states), torch.get_num_threads()))) as pool:
+        # Each op's draws are keyed by (seed, op, cell), so ops can be programmed on parallel threads (torch's ops
+        # release the GIL) and a seed still gives the same cells. On a GPU, where the work queues on one stream
+        # anyway, two threads keep it busy without holding many ops' temporaries at once.
+        workers = 2 if self.device.type == "cuda" else torch.get_num_threads()
+        with ThreadPoolExecutor(max(1, min(len(states), workers))) as pool:
             list(tqdm(pool.map(program_one, range(len(states))), total=len(states), desc="programming crossbars",
                       disable=len(states) < 64))
         for _, writes in write_states(self.graph_module):

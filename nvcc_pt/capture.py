@@ -411,6 +411,7 @@ def _capture_module(base, name, example_inputs, dynamic_shapes):
         )
     named = _named_inputs(base, name, example_inputs)
     names, tensors = tuple(named), tuple(named.values())
+    _same_device(base, name, named)
     wrapper = _Wrapper(base, names, "module")
     if dynamic_shapes is not None:
         ep = _export(wrapper, tensors, (tuple(_user_dynamic(dynamic_shapes, names, name)),), name)
@@ -421,6 +422,15 @@ def _capture_module(base, name, example_inputs, dynamic_shapes):
         except CaptureError:
             ep = _export(wrapper, tensors, None, name)  # the batch dimension is specialized by the model
     return ep, CaptureInfo("module", name, _input_specs(ep, names), output=wrapper.learnt_output())
+
+
+def _same_device(base: nn.Module, name: str, named: dict[str, torch.Tensor]) -> None:
+    """A model on one device traced with example inputs on another fails deep inside torch.export; say so here."""
+    device = _model_device(base)
+    elsewhere = {k: str(t.device) for k, t in named.items() if t.dim() > 0 and t.device != device}
+    if elsewhere:
+        raise InputError(f"{name}'s weights are on {device} but its example inputs {elsewhere} are not; move one "
+                         f"to the other's device (e.g. example_inputs=(x.to('{device}'),))")
 
 
 def _user_dynamic(dynamic_shapes: Any, names: tuple[str, ...], name: str) -> list:

@@ -103,7 +103,7 @@ def _instances_per_pass(cm, requested: int | None, seeds: int) -> int:
     device = cm.device
     if device.type != "cuda":
         return 1
-    per_instance = sum(s.weight.numel() * s.weight.element_size() + s.levels.numel() * 4 for _, s in cm.plan.states())
+    per_instance = sum(s.programmed_bytes() for _, s in cm.plan.states())
     return max(1, min(16, seeds, torch.cuda.mem_get_info(device)[0] // 4 // max(per_instance, 1)))
 
 
@@ -181,8 +181,8 @@ def montecarlo(cm, metric: Callable, seeds: int | Iterable[int] = 100, *, k: flo
         instances_per_pass: instances per forward pass; None picks, on a GPU, as many as a quarter of
             its free memory holds (at most 16), and 1 on the CPU, where a forward over I times the rows costs
             what I forwards cost; 1 turns batching off.
-        draw_on: where device variation is drawn (`CompiledModel.program`): "device" is far faster on a GPU,
-            where drawing on the CPU can take longer than the forward passes.
+        draw_on: accepted for older callers, changes nothing (`CompiledModel.program`: chips are drawn where
+            the model is, the same chip on every device).
 
     Example:
         >>> res = nvcc_pt.montecarlo(cm, lambda m: accuracy(m, batch), seeds=200, k=1)

@@ -167,6 +167,17 @@ class CimState(nn.Module):
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)
 
+    def programmed_bytes(self) -> int:
+        """Bytes the programmed state adds to the model: its buffers, less any that share the source's storage.
+
+        Example:
+            >>> sum(state.programmed_bytes() for _, state in cm.plan.states())
+        """
+        source = self.source.untyped_storage().data_ptr() if self.source.numel() else None
+        held = [self.weight, *(getattr(self, name) for name in self.STATE)]
+        return sum(t.numel() * t.element_size() for t in held
+                   if t.numel() and t.untyped_storage().data_ptr() != source)
+
 
 # `nvcc_pt::cim_matmul(a, b, state, config) -> a @ b` with `b` (k^T or v of attention, batched over batch and
 # heads) written into crossbar cells on every call. `state` is the op's `WriteState.key`, (seed, calls made):

@@ -28,7 +28,7 @@ from nvcc_pt.jsonfile import dumps_canonical, loads_strict
 from nvcc_pt.ops import FIDELITIES, CimState
 from nvcc_pt.program import DTYPES, SavedProgram, build_module, encode_module, propagate_shapes
 
-PLAN_SCHEMA = 2
+PLAN_SCHEMA = 3
 PLAN, PROGRAM, TENSORS = "plan.json", "program.json", "tensors.safetensors"
 FILES = (PLAN, PROGRAM, TENSORS)
 OLD_FILES = ("program.pt2",)
@@ -195,6 +195,11 @@ def read_plan_doc(path: Path) -> dict[str, Any]:
                               "format that runs code when loaded; this nvcc_pt reads schema version "
                               f"{PLAN_SCHEMA} and never opens it. Compile the model again with this version and "
                               "save it (cm.save(path))")
+    if schema == 2:
+        raise PlanFormatError(f"{where} is a plan of schema version 2, whose programmed state was drawn from torch "
+                              "generators; this nvcc_pt draws every chip from a keyed Philox generator (schema version "
+                              f"{PLAN_SCHEMA}), so its seed would name a different chip than the one saved. Compile the "
+                              "model again with this version (the same seed gives the new chip) and save it (cm.save(path))")
     if schema != PLAN_SCHEMA:
         raise PlanFormatError(f"{where} has schema version {schema!r}; this nvcc_pt reads version {PLAN_SCHEMA}. "
                               "Recompile the model with this version")

@@ -219,6 +219,7 @@ def expected_tensors(records: dict[str, dict[str, Any]], gm: fx.GraphModule, fid
     """
     from nvcc_pt.passes.find_matmuls import static_value
     from nvcc_pt.passes.lower import operands
+    from nvcc_pt.targets.devices import levels_dtype
     from nvcc_pt.targets.simulator import CROSSBAR
 
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -234,7 +235,8 @@ def expected_tensors(records: dict[str, dict[str, Any]], gm: fx.GraphModule, fid
         out[f"{name}.weight"] = (dtype, (info.n, info.k))
         out[f"{name}.scale"] = (torch.float32, (0,) if fidelity == "exact" else (info.n,))
         levels = (grid.row_tiles, grid.rows, grid.slices * info.n) if fidelity in CROSSBAR else (0,)
-        out[f"{name}.levels"] = (torch.float32, levels)
+        stored = levels_dtype(recs[meta.PRECISION].cell_bits) if fidelity in CROSSBAR else torch.float32
+        out[f"{name}.levels"] = (stored, levels)
         per_column = (2, grid.row_tiles, grid.slices * info.n) if fidelity in CROSSBAR else (0,)
         kind = calibrated.get(name)
         out[f"{name}.adc_range"] = (torch.float32, (2,) if kind == "op" else per_column if kind == "column" else (0,))

@@ -149,7 +149,8 @@ def sweep(model: nn.Module | str, grid: dict[str, Any] | list[dict[str, Any]], m
         workers: workers of a local cluster (default: one per GPU, else one per core).
         processes: local CPU workers as processes (parallel) or threads of this process (tests, debugging).
         device: where each point runs on its worker: "auto" (CUDA when the worker sees a GPU), "cpu", "cuda".
-        draw_on: where device variation is drawn (`CompiledModel.program`); "cpu" gives the same chip anywhere.
+        draw_on: accepted for older callers, changes nothing (`CompiledModel.program`: a seed is the same chip
+            on every device).
         reference: also evaluate the float model (fidelity `exact`), the yardstick of `cheapest`.
         metric_name: the metric's column name (and identity, for a plain function).
         higher_is_better: the metric's direction; built-ins know theirs, functions default to True.

@@ -11,11 +11,32 @@ from __future__ import annotations
 import math
 
 import torch
+from nvcc_pt.targets.philox import DRIFT, FAULT, VARIATION, ChipKey
 
 from nvcc_pt.errors import TargetError
 from nvcc_pt.meta import NoiseInfo
 
 TINY = torch.finfo(torch.float32).tiny
+
+LEVELS_DTYPE = torch.float16
+"""How the crossbar fidelities keep each programmed column's level (`CimState.levels`) for cells of up to
+`EXACT_CELL_BITS` bits: half the bytes of float32 per slice, exact for every ideal level, and the deviations
+rounded to 11 significant bits of the column's level (a relative 2^-11, far below any device's variation).
+Every path reads these rounded values. Wider cells keep float32 levels (`levels_dtype`)."""
+
+EXACT_CELL_BITS = 11
+"""float16 holds every integer up to 2^11 exactly: the widest cell whose ideal levels it keeps exactly."""
+
+
+def levels_dtype(cell_bits: int) -> torch.dtype:
+    """The dtype the crossbar fidelities keep `cell_bits`-bit levels in: `LEVELS_DTYPE`, or float32 for cells
+    wider than `EXACT_CELL_BITS` (a 12-bit cell's level 4095 is not a float16 number).
+
+    Example:
+        >>> levels_dtype(2), levels_dtype(12)
+        (torch.float16, torch.float32)
+    """
+    return LEVELS_DTYPE if cell_bits <= EXACT_CELL_BITS else torch.float32
 
 # Drift exponents vary from device to device (Joshi et al., Nat. Commun. 11:2473, 2020, model nu as a
 # per-device Gaussian); their spread relative to the mean is an illustrative choice here, tune per device.
@@ -86,7 +107,17 @@ def levels_of(codes: torch.Tensor, cfg: dict) -> torch.Tensor:
 
 
 
-def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, generator: torch.Generator,
+def _draw(key: ChipKey | torch.Generator, stream: int, shape: torch.Size, device: torch.device,
+          uniform: bool = False) -> torch.Tensor:
+    """Draws of one stream for every cell of `shape`, on `device`: from the keyed generator (cell `i` of the
+    flattened shape is counter `i`), or from a torch generator (on its own device, in call order)."""
+    if isinstance(key, ChipKey):
+        return (key.uniform if uniform else key.normal)(stream, shape, device)
+    sample = torch.rand if uniform else torch.randn
+    return sample(shape, generator=key, dtype=torch.float32, device=key.device).to(device)
+
+
+def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, key: ChipKey | torch.Generator,
                    time_s: float | None = None, g_min_levels: float = 0.0, drift_t0_s: float = 20.0,
                    censor: float | None = None,
                    weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -99,39 +130,60 @@ def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, gener
     each cell's conductance by `(t/t0)^-nu` with a per-cell `nu` (`g_min_levels` is `G_min` in level steps,
     since drift acts on the whole conductance). Stuck-at faults are applied last: a stuck cell neither
     varies nor drifts. `censor` right-censors each Gaussian deviation (per cell or per weight) at `censor`
-    standard deviations (Yan et al., ICCAD 2023), the draws otherwise the same. Draws are made in a fixed
-    order (variation, drift, faults) on the generator's device: a CPU generator (the default) gives the
-    same cells whatever device the model runs on; a CUDA one draws much faster, a chip of its own.
+    standard deviations (Yan et al., ICCAD 2023), the draws otherwise the same.
+
+    With a `ChipKey` (`targets.philox`) every draw is a function of (seed, op, stream, cell index): the
+    variation, drift and fault streams are separate, the draws are made on the levels' device, and the same
+    key is the same chip on every device. A `torch.Generator` draws in a fixed order (variation, drift,
+    faults) on the generator's device instead (per-call write noise, where a chip is not kept).
 
     Example:
         >>> info = get_target("rram1-128x128").device.noise_record(4)
-        >>> program_levels(levels, info, 2, torch.Generator().manual_seed(0), weights=(codes, scale))
+        >>> program_levels(levels, info, 2, ChipKey(seed=0, op=0), weights=(codes, scale))
     """
     top = 2**cell_bits - 1
-    on = generator.device
+    on = levels.device if isinstance(key, ChipKey) else key.device
     cells = levels.detach().to(on)
     if noise.variation == "per-weight":
         if weights is None:
             raise TargetError(f"device {noise.device!r} has per-weight variation, which needs the weight codes and "
                               "scales the levels came from (program_levels(..., weights=(codes, scale)))")
         codes, scale = (t.detach().to(on) for t in weights)
-        deviation = weight_variation(codes, scale, noise, cell_bits, cells.shape[1], generator, censor)
+        deviation = weight_variation(codes, scale, noise, cell_bits, cells.shape[1], key, censor)
         programmed = cells.float() + spread_over_cells(deviation, codes, cells.shape, cell_bits)
     else:
         sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32, device=on) * top
-        z = torch.randn(cells.shape, generator=generator, dtype=torch.float32, device=on)
+        z = _draw(key, VARIATION, cells.shape, on)
         if censor is not None:
             z.clamp_(max=censor)
         programmed = torch.take(sigmas, cells.long()).mul_(z).add_(cells)
     if noise.drift_nu > 0 and time_s is not None and time_s > drift_t0_s:
-        nu = torch.randn(cells.shape, generator=generator, device=on)
+        nu = _draw(key, DRIFT, cells.shape, on)
         nu = noise.drift_nu * (1 + DRIFT_NU_REL_STD * nu).clamp_(min=0)
         programmed = (programmed + g_min_levels) * (time_s / drift_t0_s) ** (-nu) - g_min_levels
     if noise.stuck_at_gmin or noise.stuck_at_gmax:
-        u = torch.rand(cells.shape, generator=generator, device=on)
+        u = _draw(key, FAULT, cells.shape, on, uniform=True)
         programmed = torch.where(u < noise.stuck_at_gmin, torch.zeros((), device=on), programmed)
         programmed = torch.where(u > 1 - noise.stuck_at_gmax, torch.full((), float(top), device=on), programmed)
     return programmed.to(levels.device)
+
+
+def as_stored(programmed: torch.Tensor, sign: str, cell_bits: int) -> torch.Tensor:
+    """Programmed levels `[P, S, N, K]` whose columns read what `CimState.levels` holds (`levels_dtype`): each
+    column's level (a differential pair's `L+ - L-`, the analog difference) rounded as stored; a pair comes back
+    as `(column, 0)`, so that the difference is exact. For references that compute from cells what the crossbar
+    paths compute from stored columns.
+
+    Example:
+        >>> cells = torch.tensor([0.3333, 0.1]).view(2, 1, 1, 1)
+        >>> torch.equal(as_stored(cells, "offset", 2), cells.half().float())
+        True
+    """
+    dtype = levels_dtype(cell_bits)
+    if sign != "differential":
+        return programmed.to(dtype).float()
+    column = (programmed[0] - programmed[1]).to(dtype).float()
+    return torch.stack([column, torch.zeros_like(column)])
 
 
 def per_weight_std(sigma: float, cell_bits: int, slices: int) -> float:
@@ -161,7 +213,7 @@ def band_scale(ratio: torch.Tensor, band_factor: float) -> torch.Tensor:
 
 
 def weight_variation(codes: torch.Tensor, scale: torch.Tensor, noise: NoiseInfo, cell_bits: int, slices: int,
-                     generator: torch.Generator, censor: float | None = None) -> torch.Tensor:
+                     key: ChipKey | torch.Generator, censor: float | None = None) -> torch.Tensor:
     """One per-weight deviation per code `[N, K]`, in code units (multiply by `scale` for weight units).
 
     The weights are `w = codes * scale[:, None]` and `max|W|` is over the whole tensor, as the group
@@ -170,7 +222,7 @@ def weight_variation(codes: torch.Tensor, scale: torch.Tensor, noise: NoiseInfo,
     """
     w = codes.float() * scale.float()[:, None]
     top = w.abs().max()
-    z = torch.randn(codes.shape, generator=generator, dtype=torch.float32, device=codes.device)
+    z = _draw(key, VARIATION, codes.shape, codes.device)
     if censor is not None:
         z.clamp_(max=censor)
     if float(top) == 0.0:

@@ -93,8 +93,15 @@ def export_onnx(cm, path: str | os.PathLike) -> Path:
                       "ONNX file computes the noise-free read of the programmed weights", stacklevel=3)
     args, dynamic, input_names, output_names = _example_inputs(cm)
     calls: list[_Call] = []
-    model = _run_exporter(cm.graph_module, args, dynamic, input_names, output_names, calls)
-    _outline(model, calls, cm.fidelity, {st.config["op"]: st for _, st in cm.plan.states()})
+    held = [(state, state.levels) for _, state in cm.plan.states()]
+    try:  # the file holds float32 levels (the values the simulator multiplies by; it stores them as float16)
+        for state, levels in held:
+            state.levels = levels.float()
+        model = _run_exporter(cm.graph_module, args, dynamic, input_names, output_names, calls)
+        _outline(model, calls, cm.fidelity, {st.config["op"]: st for _, st in cm.plan.states()})
+    finally:
+        for state, levels in held:
+            state.levels = levels
     _annotate(model, cm, calls)
     _write(model, path)
     return path

@@ -15,7 +15,7 @@ Fidelity levels:
   bit-serial  as adc, with inputs applied `dac_bits` per cycle (unipolar DAC, signed inputs in
               two phases or as two's complement, `input_encoding`), one ADC read per cycle.
 
-The crossbar paths keep the programmed levels as `state.levels` `[R, rows, S*N]`: row tile,
+The crossbar paths keep the programmed levels as `state.levels` `[R, rows, S*N]` (float16): row tile,
 row within the tile, and one ADC column per (slice, output). A differential pair is sensed
 as one current (the analog subtraction), so its column holds `L+ - L-`. For each chunk of
 batch rows, one GEMM per row tile gives that tile's partial sums for every column and input
@@ -53,8 +53,10 @@ from nvcc_pt.targets.adc import Grid, RangeRecorder, grid
 from nvcc_pt.targets.cpu_adc import FusedAdc, magic_rounds_on_onednn
 from nvcc_pt.targets.devices import (
     TINY,
+    as_stored,
     digit_max,
     input_planes,
+    levels_dtype,
     levels_of,
     magnitudes,
     program_levels,
@@ -66,6 +68,7 @@ from nvcc_pt.targets.devices import (
     slice_places,
     weight_codes,
 )
+from nvcc_pt.targets.philox import ChipKey
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
@@ -106,9 +109,10 @@ def quantize_input(x: torch.Tensor, bits: int) -> torch.Tensor:
     return xi * scale
 
 
-def op_generator(seed: int, op_index: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """One generator per (seed, op): an op's draws do not depend on how many ops precede it elsewhere."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + op_index) % (2**63))
+def op_generator(seed: int, op_index: int, device: str | torch.device | None = None) -> ChipKey:
+    """The key of op `op_index`'s chip for `seed` (`targets.philox`): its draws depend on (seed, op, cell) only,
+    not on how many ops precede it nor on the device (`device` is accepted for older callers and ignored)."""
+    return ChipKey(int(seed), int(op_index))
 
 
 def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
@@ -121,17 +125,14 @@ def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
     return kns.reshape(tiles, rows, s * n).contiguous()
 
 
-def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ideal cell levels and scale of the state's source weight, from integer codes kept until the weight changes.
+def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ideal cell levels, integer codes and scale of the state's source weight.
 
-    Monte Carlo programs the same weights over and over; only the device variation is new each time.
+    Nothing is kept between programmings: quantizing costs a few elementwise passes, far less than drawing the
+    variation, and a kept copy of the codes would add half the weight's bytes to every op's state.
     """
-    source = state.source
-    key = (source.data_ptr(), source._version, source.device, tuple(source.shape), cfg["weight_bits"])
-    cached = getattr(state, "_codes", None)
-    if cached is None or cached[0] != key:
-        cached = state._codes = (key, *weight_codes(source, cfg))
-    return levels_of(cached[1], cfg), cached[2]
+    codes, scale = weight_codes(state.source, cfg)
+    return levels_of(codes, cfg), codes, scale
 
 
 def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, op_index: int,
@@ -140,8 +141,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     """Fill `state`'s buffers for `fidelity`, drawing device variation from `seed`.
 
     `time_s` is the time since programming (drift, for devices that drift); `device_model` the target's
-    `DeviceModel`, for `G_min` and the drift reference time; `draw_device` where the random draws are made
-    (`program_levels`); `censor` right-censors the variation (`program_levels`, for training).
+    `DeviceModel`, for `G_min` and the drift reference time; `censor` right-censors the variation (`program_levels`, for training).
     """
     if fidelity not in IMPLEMENTED:
         raise FidelityError(f"fidelity {fidelity!r} is not implemented by the simulator; choose one of {IMPLEMENTED}")
@@ -152,7 +152,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     if fidelity == "exact" or source.device.type == "meta":
         state.weight, state.levels = source, no_levels
         return
-    levels, scale = _ideal_levels(state, cfg)
+    levels, codes, scale = _ideal_levels(state, cfg)
     state.scale = scale
     state.start_read_stream(seed, op_index)
     if fidelity == "quantized":
@@ -163,11 +163,12 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     if device_model is not None:
         span = device_model.g_max_us - device_model.g_min_us
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
-    programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index, draw_device), time_s,
-                                g_min, t0, censor, weights=(state._codes[1], scale))
+    programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index), time_s,
+                                g_min, t0, censor, weights=(codes, scale))
+    programmed = as_stored(programmed, cfg["sign"], cfg["cell_bits"])  # every fidelity reads the columns as the levels keep them
     _store(state, "weight", (read_back(programmed, cfg) * scale[:, None]).to(source.dtype))
     if fidelity in CROSSBAR:
-        _store(state, "levels", crossbar_levels(programmed, cfg))
+        _store(state, "levels", crossbar_levels(programmed, cfg).to(levels_dtype(cfg["cell_bits"])))
     else:
         state.levels = no_levels
 
@@ -498,6 +499,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
 
     `record_clips` stores the op's clip mask `[R, B, N]` in `ops.CLIPPED` (the gradient's; see `nvcc_pt.ops`).
     """
+    stored, levels = levels, levels.float()  # as stored (`devices.levels_dtype`), multiplied in float32
     sn = levels.shape[-1]
     slices = cfg["slices"]
     xi, sx = _quantize(x, cfg["input_bits"], dequantize=False)
@@ -518,7 +520,9 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     fused = _fused_kernels() if x.device.type == "cuda" and not recording() else None
     clips: list[torch.Tensor] | None = [] if record_clips else None
     if fused is not None:  # the fused kernel keeps only each chunk's planes (float16), per-slice sums and clip flags
-        hi_lo = fused.split_levels(levels)
+        # float16 levels as stored multiply exactly as they are; noisy reads and flipped columns need the split
+        exact = stored.dtype == torch.float16 and read <= 0 and g.flip is None
+        hi_lo = (stored.contiguous(), None) if exact else fused.split_levels(levels)
         adc_at = fused.grid_arrays(g, levels.shape[0], sn, x.device)
         chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1] + levels.shape[0] * sn // slices * record_clips))
         limits = _clip_limits(g, levels, digit_max(cfg, bit_serial)[1]) if record_clips else None

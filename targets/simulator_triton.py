@@ -8,8 +8,10 @@ the tile's partial sums with tensor-core dots, applies the ADC to them in regist
 the codes, weighted by the cycle's place value, into the block. Only the per-slice sums
 `[B, S*N]` reach memory; the shift-and-add over slices is left to the caller.
 
-Exactness on tensor cores: the DAC digits are small integers, exact in float16. A level
-`L` (float32, with device variation) is split into `hi = fp16(L)` and `lo = fp16(L - hi)`
+Exactness on tensor cores: the DAC digits are small integers, exact in float16. The programmed
+levels are kept as float16 (`devices.LEVELS_DTYPE`) and multiply as they are, one dot per read. Where
+a call changes them (read noise, ISAAC's flipped columns), a level `L` (float32) is split into
+`hi = fp16(L)` and `lo = fp16(L - hi)`
 (once per call for the levels, which every program reads many times; in registers for the
 noisy product's weights, which each program reads once), so
 `digit * hi + digit * lo` carries 22 significant bits of `L`; products are exact and the dots
@@ -41,11 +43,12 @@ def _split(w):
     return hi, (w - hi.to(tl.float32)).to(tl.float16)
 
 
-@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "GRID_COLS", "FLIP", "CLIPS", "POW2"])
+@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "GRID_COLS", "FLIP", "CLIPS", "POW2", "SPLIT"])
 @triton.jit
 def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr, chi_ptr, flip_ptr, clip_ptr,
                      B, K, SN, NC, T, R, ROWS, top, GRID_COLS: tl.constexpr, FLIP: tl.constexpr, CLIPS: tl.constexpr,
-                     POW2: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                     POW2: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     BK: tl.constexpr):
     """y[b, c] = sum over tiles r and cycles t of place[t] * step[r, c] * ADC_rc(planes[t, b, tile r] . levels[tile r, c]).
 
     The ADC divides by the step, correctly rounded, as the CPU path does, so ties round alike.
@@ -53,7 +56,8 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr,
     The grid arrays are `[R, 1]` (GRID_COLS false) or `[R, S*N]`; with FLIP, columns marked in `flip` `[R, S*N]`
     hold flipped levels and read back `top * sum(digits) - code` (`targets.adc`).
 
-    With POW2 (every step a power of two) the division is a multiplication by the inverse, exactly.
+    With POW2 (every step a power of two) the division is a multiplication by the inverse, exactly. Without SPLIT
+    the levels are float16 values (`hi` alone, `lo` unread): one dot per read instead of two.
     With CLIPS, also sets clip[r, b, c % NC] to 1 where any cycle's read of tile r for (b, c) fell outside the ADC's
     codes: column c = s * NC + n is slice s of output n, so the slices of one output share a flag (set, never
     cleared, so programs that race on it agree).
@@ -69,7 +73,8 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr,
         levels_at = k[:, None] * SN + rn[None, :]  # levels viewed as [R * ROWS, S*N]
         levels_ok = (rk < ROWS)[:, None] & n_ok[None, :]
         hi = tl.load(hi_ptr + levels_at, mask=levels_ok, other=0.0)
-        lo = tl.load(lo_ptr + levels_at, mask=levels_ok, other=0.0)
+        if SPLIT:
+            lo = tl.load(lo_ptr + levels_at, mask=levels_ok, other=0.0)
         if GRID_COLS:
             at = r * SN + rn
         else:
@@ -82,7 +87,10 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr,
         v_max = tl.full((BM, BN), -float("inf"), dtype=tl.float32)
         for t in range(T):
             p = tl.load(p_ptr + (t * B + rm)[:, None] * K + k[None, :], mask=planes_ok, other=0.0)
-            partial = tl.dot(p, hi, acc=tl.dot(p, lo))
+            if SPLIT:
+                partial = tl.dot(p, hi, acc=tl.dot(p, lo))
+            else:
+                partial = tl.dot(p, hi)
             if POW2:
                 v = partial * (1.0 / step)
             else:
@@ -132,14 +140,14 @@ def grid_arrays(g, tiles: int, sn: int, device: torch.device) -> tuple:
     return (*arrays, flip, g.top, pow2)
 
 
-def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, place_t: torch.Tensor,
+def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | None, place_t: torch.Tensor,
                    inv_step: torch.Tensor, step: torch.Tensor, code_lo: torch.Tensor, code_hi: torch.Tensor,
                    flip: torch.Tensor | None, top: float, pow2: bool = False,
                    clips: torch.Tensor | None = None) -> torch.Tensor:
     """ADC outputs (in level units) summed over row tiles and shifted-and-added over cycles: `[B, S*N]` for planes
     `[T, B, K]`.
 
-    `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`); `place_t`: each cycle's place value `[T]`;
+    `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`), or float16 levels and None; `place_t`: each cycle's place value `[T]`;
     the grid as `grid_arrays` gives it. `clips`, a zeroed int8 `[R, B, N]`, gets 1 where any cycle's read of a row
     tile, in any slice, clipped (the gradient's mask).
     """
@@ -151,11 +159,11 @@ def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor, pla
     y = torch.empty(batch, sn, device=planes.device, dtype=torch.float32)
     bk = max(16, triton.next_power_of_2(rows))
     grid = lambda meta: (triton.cdiv(batch, meta["BM"]), triton.cdiv(sn, meta["BN"]))  # noqa: E731
-    _crossbar_kernel[grid](p, hi, lo, place_t.float().contiguous(), y, step, code_lo, code_hi,
+    _crossbar_kernel[grid](p, hi, hi if lo is None else lo, place_t.float().contiguous(), y, step, code_lo, code_hi,
                            flip if flip is not None else step, y if clips is None else clips, batch, k, sn,
                            sn if clips is None else clips.shape[-1], cycles, tiles, rows, float(top),
                            GRID_COLS=inv_step.shape[-1] > 1, FLIP=flip is not None, CLIPS=clips is not None,
-                           POW2=pow2, BK=bk)
+                           POW2=pow2, SPLIT=lo is not None, BK=bk)
     return y
 
 

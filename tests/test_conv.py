@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _vision import import_torchvision
-from nvcc_pt.targets.devices import program_levels
+from nvcc_pt.targets.devices import as_stored, program_levels
 from nvcc_pt.targets.simulator import op_generator
 from test_onnx import session
 from test_onnx_adc import adc_mismatch
@@ -55,6 +55,7 @@ def _unrolled_reference(conv: nn.Module, x: torch.Tensor, cm, seed: int, fidelit
     levels, scale = ref_levels(w, cfg)
     if cm.target.sigma > 0 and fidelity != "quantized":  # quantized leaves device variation out
         levels = program_levels(levels, cm.plan.records[name][meta.NOISE], cfg["cell_bits"], op_generator(seed, 0))
+        levels = as_stored(levels, cfg["sign"], cfg["cell_bits"])  # the columns as every path reads them
     rows = patches.transpose(1, 2).reshape(batch * positions, k)
     y = reference(rows, w, conv.bias.detach(), cfg, levels, scale, fidelity == "bit-serial",
                   fidelity in ("adc", "bit-serial"))

@@ -142,11 +142,13 @@ def test_seeded_and_censored():
     ideal = read_back_ovt(w, spec, torch.Generator().manual_seed(0), sigma=0.0)
     capped = read_back_ovt(w, spec, torch.Generator().manual_seed(9), censor=0.5) - ideal
     std = per_weight_std(0.1, 2, 4) / math.sqrt(0.4 + 0.6)
-    # right-censored at half a standard deviation: no weight rises further, the draws otherwise the same
-    assert capped.max().item() <= 0.5 * std + 1e-5
+    # right-censored at half a standard deviation: no weight rises further, the draws otherwise the same (up to
+    # the stored levels' rounding: 2^-10 of a level step on the top levels, times the slices' place values)
+    stored = 85 * 2.0**-10 / 127 * w.abs().max().item()
+    assert capped.max().item() <= 0.5 * std + stored
     free = a - ideal
-    same = free < 0.5 * std - 1e-4
-    assert torch.allclose(capped[same], free[same], atol=1e-5)
+    same = free < 0.5 * std - 2 * stored
+    assert torch.allclose(capped[same], free[same], atol=2 * stored)
 
 
 def test_program_levels_needs_the_weights_for_per_weight_variation():

@@ -27,6 +27,12 @@ def test_module_without_example_inputs():
         nvcc_pt.compile(nn.Linear(3, 3))
 
 
+def test_example_inputs_on_another_device_than_the_model():
+    model = nn.Linear(4, 4, device="meta")
+    with pytest.raises(InputError, match=r"Linear's weights are on meta but its example inputs .*cpu"):
+        nvcc_pt.compile(model, example_inputs=(torch.randn(2, 4),))
+
+
 def test_not_a_module():
     with pytest.raises(CaptureError, match="nn.Module"):
         nvcc_pt.compile(lambda x: x)

@@ -107,7 +107,7 @@ def test_adc_clipping_zeroes_the_gradient_of_clipped_tile_outputs():
     clipped_any = kept_any = False
     for r in range(state.levels.shape[0]):
         cols = slice(r * rows, min((r + 1) * rows, 20))
-        part = xi[:, cols] @ state.levels[r, : cols.stop - cols.start] / step  # [M, S*N]
+        part = xi[:, cols] @ state.levels[r, : cols.stop - cols.start].float() / step  # [M, S*N]
         clip = ((part.round() < lo) | (part.round() > lo + codes)).view(7, slices, n).any(1)
         clipped_any, kept_any = clipped_any or bool(clip.any()), kept_any or bool((~clip).any())
         gr = g * ~clip

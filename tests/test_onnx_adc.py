@@ -61,7 +61,7 @@ def check_export(cm, path) -> onnx.ModelProto:
     assert {(f.name, f.overload) for f in proto.functions} == {("CimLinear", n.overload) for n in calls}
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
     for name, state in cm.plan.states():
-        np.testing.assert_array_equal(inits[f"cim.{name}.levels"], state.levels.numpy())
+        np.testing.assert_array_equal(inits[f"cim.{name}.levels"], state.levels.float().numpy())
         assert f"cim.{name}.weight" not in inits  # the crossbar body reads the levels, not the effective weight
         ann = {p.key: p.value for n in calls if n.name == f"cim/{name}" for p in n.metadata_props}
         assert ann["cim.op"] == name and ann["cim.fidelity"] == cm.fidelity

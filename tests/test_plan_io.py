@@ -74,6 +74,10 @@ def test_corrupted_json_and_version_mismatch(saved, tmp_path):
     (old / "plan.json").write_text(json.dumps(doc))
     with pytest.raises(PlanFormatError, match="schema version 99"):
         nvcc_pt.load(old)
+    doc["schema"] = 2  # the seed-to-chip mapping before the keyed generator
+    (old / "plan.json").write_text(json.dumps(doc))
+    with pytest.raises(PlanFormatError, match="schema version 2.*keyed Philox.*Compile the model again"):
+        nvcc_pt.load(old)
 
 
 def test_corrupted_or_incomplete_tensors(saved, tmp_path):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from nvcc_pt.targets.devices import program_levels
+from nvcc_pt.targets.devices import as_stored, program_levels
 from nvcc_pt.targets.simulator import op_generator
 
 import nvcc_pt
@@ -148,6 +148,7 @@ def first_layer(cm, model, x, seed, fidelity, adc_range=None, device="cpu"):
     levels, scale = ref_levels(w, cfg)
     if cm.target.sigma > 0:
         levels = program_levels(levels, cm.plan.records[name][meta.NOISE], cfg["cell_bits"], op_generator(seed, 0))
+        levels = as_stored(levels, cfg["sign"], cfg["cell_bits"])  # the columns as every path reads them
     on = lambda t: t.to(device)  # noqa: E731
     fast = torch.ops.nvcc_pt.cim_linear(on(x), on(state.weight), on(model[0].bias),
                                         [on(state.scale), on(state.levels), on(state.adc_range)], state.config_json())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -238,8 +240,12 @@ def test_variation_drawn_on_the_gpu_is_reproducible_and_feeds_montecarlo():
     with torch.no_grad():
         on_gpu = cm.program(4, draw_on="device")(x)
         again = cm.program(4)(x)  # keeps drawing on the device
-        on_cpu = cm.program(4, draw_on="cpu")(x)
-    assert torch.equal(on_gpu, again) and not torch.equal(on_gpu, on_cpu)
+        on_cpu = cm.program(4, draw_on="cpu")(x)  # accepted, changes nothing: the chip is keyed
+    assert torch.equal(on_gpu, again) and torch.equal(on_gpu, on_cpu)
+    cpu_chip = nvcc_pt.compile(copy.deepcopy(model).cpu(), target=_spec(sigma=0.05), example_inputs=(x.cpu(),),
+                               fidelity="noisy", seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(cpu_chip(x.cpu()), on_gpu.cpu(), rtol=1e-4, atol=1e-5)  # the same chip
     metric = lambda m: m(x).norm().item()  # noqa: E731
     one = nvcc_pt.montecarlo(cm, metric, seeds=6, progress=False, instances_per_pass=1, draw_on="device")
     many = nvcc_pt.montecarlo(cm, metric, seeds=6, progress=False, instances_per_pass=3, draw_on="device")

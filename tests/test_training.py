@@ -23,7 +23,7 @@ def _task(pretrain: int = 50):
     return m, x, y
 
 
-def _loss_under_noise(model, target, x, y, chips=range(100, 106)) -> float:
+def _loss_under_noise(model, target, x, y, chips=range(100, 300)) -> float:
     cm = nvcc_pt.compile(model, target, example_inputs=(x,), fidelity="noisy")
     with torch.no_grad():
         return sum(F.cross_entropy(cm.program(s)(x), y).item() for s in chips) / len(chips)
@@ -37,8 +37,9 @@ def test_hardware_aware_steps_beat_plain_steps_under_noise():
     hwa = nvcc_pt.train(m, target, [((x,), y)], fidelity="noisy", **kw)
     plain = nvcc_pt.train(m, target, [((x,), y)], fidelity="exact", **kw)
     hwa_loss, plain_loss = (_loss_under_noise(r.model, target, x, y) for r in (hwa, plain))
-    # Measured: about 0.43 against 0.60 (six chips the training never saw).
-    assert hwa_loss < plain_loss - 0.05
+    # Measured: 0.399 against 0.417 (200 chips the training never saw; better on 59% of them, the paired
+    # difference's standard error 0.007). Twenty steps help little, and a few dozen chips can hide it.
+    assert hwa_loss < plain_loss - 0.01
     assert plain.losses[-1] < hwa.losses[-1]  # plain steps fit the clean model better, and that is not the goal
 
 

@@ -147,8 +147,7 @@ class OVTBank:
         store holds the OVTs as they are.
 
         `device` (a torch device): programming, search and read-back run there, and the device variation is
-        drawn there (`CompiledModel.program(draw_on="device")`): on a GPU far faster, but a seed's chip on a
-        GPU differs from the CPU's. None keeps the CPU and its draws.
+        drawn there; a seed is the same chip on every device. None keeps the CPU.
         """
         check.seed("seed", seed, where="OVTBank.compile")
         check.fidelity(fidelity, where="OVTBank.compile")

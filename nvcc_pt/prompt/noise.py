@@ -24,7 +24,8 @@ from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
 from nvcc_pt.meta import NoiseInfo
 from nvcc_pt.targets import TargetSpec, get_target
-from nvcc_pt.targets.devices import levels_of, program_levels, read_back, weight_codes
+from nvcc_pt.targets.devices import as_stored, levels_of, program_levels, read_back, weight_codes
+from nvcc_pt.targets.philox import ChipKey
 
 
 def noise_info(target: str | TargetSpec, sigma: float | None = None) -> tuple[TargetSpec, NoiseInfo]:
@@ -35,15 +36,16 @@ def noise_info(target: str | TargetSpec, sigma: float | None = None) -> tuple[Ta
     return spec, spec.device.noise_record(spec.levels)
 
 
-def read_back_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.Generator, *, sigma: float | None = None,
+def read_back_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.Generator | ChipKey, *, sigma: float | None = None,
                   censor: float | None = None) -> torch.Tensor:
-    """`ovt` `[n_virtual, hidden]` as a programmed crossbar reads it back (device variation from `generator`).
+    """`ovt` `[n_virtual, hidden]` as a programmed crossbar reads it back (device variation from `generator`: a
+    torch generator, or the `ChipKey` of a compiled op, `targets.simulator.op_generator`, for that op's chip).
 
     Example:
         >>> noisy = read_back_ovt(ovt, "rram1-128x128", torch.Generator().manual_seed(0), sigma=0.1)
     """
     check.finite_tensor("ovt", ovt, where="read_back_ovt")
-    check.instance("generator", generator, torch.Generator, where="read_back_ovt")
+    check.instance("generator", generator, (torch.Generator, ChipKey), where="read_back_ovt")
     check.optional_real("censor", censor, lo=0.0, lo_open=True, where="read_back_ovt")
     if ovt.dim() != 2:
         raise InputError(f"an OVT must be [n_virtual, hidden]; got shape {tuple(ovt.shape)}")
@@ -53,10 +55,11 @@ def read_back_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.
     codes, scale = weight_codes(ovt.detach().float().cpu(), cfg)
     levels = levels_of(codes, cfg)  # [P, S, N, K], the order program_state draws in
     programmed = program_levels(levels, info, spec.cell_bits, generator, censor=censor, weights=(codes, scale))
+    programmed = as_stored(programmed, spec.sign, spec.cell_bits)  # as a compiled layer keeps them
     return (read_back(programmed, cfg) * scale[:, None]).to(ovt.dtype).to(ovt.device)
 
 
-def noisy_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.Generator, *, sigma: float | None = None,
+def noisy_ovt(ovt: torch.Tensor, target: str | TargetSpec, generator: torch.Generator | ChipKey, *, sigma: float | None = None,
               censor: float | None = None) -> torch.Tensor:
     """The read-back OVT in the forward pass, identity in the backward pass (straight-through)."""
     noisy = read_back_ovt(ovt, target, generator, sigma=sigma, censor=censor)

@@ -15,7 +15,7 @@ with SSA or MIPS) get the same read-back OVTs and differ only in the search arra
 
 The search query is `query` (the input's SIF embedding by default, `nvcc_pt.prompt.query`). The banks are
 compiled, programmed, searched and read back on the backbone's device, with the chips' variation drawn there
-(on a GPU a seed's chip differs from the CPU's; `runs.jsonl` says where each run drew them).
+from the keyed generator (`targets.philox`): a seed is the same chip on a GPU as on the CPU.
 
 Example:
     >>> cfg = StudyConfig(devices=("rram1",), seeds=(0,), chips=3)
@@ -420,7 +420,7 @@ def run_study(cfg: StudyConfig, out: str | Path, *, backbone=None, embedder=None
     with (out / "runs.jsonl").open("a", encoding="utf-8") as f:  # what each (resumed) run cost
         f.write(json.dumps({"groups": len(groups), "points": len(points), "wall_s": round(wall, 1),
                             "cpu_s": round(cpu, 1), "device": device, "torch_threads": torch.get_num_threads(),
-                            "chip_draws": f"on {device} (a seed's chip on a GPU differs from the CPU's)",
+                            "chip_draws": f"on {device}, keyed (a seed is the same chip on every device)",
                             "finished": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}) + "\n")
     return [p for p in points if p["method"] in cfg.methods and p["device"] in cfg.devices
             and p["sigma"] in cfg.sigmas and p["seed"] in cfg.seeds]
