@@ -176,7 +176,11 @@ def test_cuda_runs_a_whole_llm_like_the_cpu(fidelity):
     with torch.no_grad():
         cpu = cm(ids).logits
         gpu = cm.to("cuda")(ids.cuda()).logits.cpu()
-    assert ((gpu - cpu).norm() / cpu.norm()).item() < 1e-4
+    # The ops between the crossbars (norms, softmax, SiLU) round differently on the GPU; at `bit-serial` an input
+    # code that lands on the other side of a rounding boundary changes several digit planes, each read rounded by
+    # the ADC, so a few reads differ by an ADC step. A different chip would differ by the variation itself (~10%).
+    tolerance = 5e-3 if fidelity == "bit-serial" else 1e-4
+    assert ((gpu - cpu).norm() / cpu.norm()).item() < tolerance
 
 
 def test_moving_a_plan_retargets_the_devices_capture_recorded():

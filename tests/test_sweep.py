@@ -226,7 +226,7 @@ def test_grid_expansion_validates_and_merges_spellings_of_one_design():
 def test_builtin_metric_sweep_on_a_gpu_matches_the_cpu(tmp_path):
     """The built-in metric on the GPU (several chips per pass, ADC ranges calibrated there) gives the CPU's rows.
 
-    Chips are drawn on the CPU in both, so each row is the same chip; the two differ by float rounding only.
+    Chips are keyed by seed, so each row is the same chip on both devices; the two differ by float rounding.
     """
     grid = {"adc_bits": [4, 8], "sigma": [0.0, 0.05]}
     metric = {"name": "relative_error", "tokens": 16, "batch": 2}
@@ -236,4 +236,8 @@ def test_builtin_metric_sweep_on_a_gpu_matches_the_cpu(tmp_path):
     cpu, gpu = (runs[d].sort_values(["point_id", "chip"]).reset_index(drop=True) for d in ("cpu", "cuda"))
     assert list(cpu["point_id"]) == list(gpu["point_id"]) and (gpu["error"] == "").all()
     err_cpu, err_gpu = cpu["metric.relative_error"], gpu["metric.relative_error"]
-    assert err_gpu.notna().all() and (err_gpu - err_cpu).abs().max() < 1e-3 * max(1.0, err_cpu.abs().max())
+    diff = (err_gpu - err_cpu).abs()
+    # Calibration records on each device's own activations: where a 4-bit ADC's range moves by a rounding, its
+    # codes shift and a row can differ by ~1% of its error; a different chip would differ by far more.
+    assert err_gpu.notna().all() and diff.max() < 2e-2 * max(1.0, err_cpu.abs().max())
+    assert (diff < 1e-5).mean() >= 0.75  # most rows agree to float rounding
