@@ -142,7 +142,7 @@ def bench_montecarlo(device: torch.device, seeds: int) -> dict:
     def loss(m):
         total = 0.0
         for ids in batches:
-            logits = m(ids)
+            logits = m(ids).logits
             total += F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).item()
         return total / len(batches)
 
