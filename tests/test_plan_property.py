@@ -80,7 +80,7 @@ def _apply(doc, where, kind, value, depth):
     return doc
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_plan_json_loads_or_raises_plan_format_error(plan, ids, data):
