@@ -60,3 +60,29 @@ def test_a_crossbar_call_shows_progress_when_asked_and_only_when_slow(capsys):
         noisy.progress = True
         noisy(x)  # one dense product per op: nothing to show
         assert "ops" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fidelity", ["adc", "bit-serial"])
+def test_a_kept_call_follows_reprogramming_and_calibration(fidelity, monkeypatch):
+    """What the CPU path keeps between calls (`simulator.KEPT_BYTES`) gives what preparing each call gives, and is
+    dropped when the levels (a new chip) or the ADC ranges (calibration) change."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.ReLU(), torch.nn.Linear(200, 77))
+    x = torch.randn(5, 300)
+    spec = nvcc_pt.get_target("reram-128x128")
+
+    def run(cm, keep):
+        monkeypatch.setitem(simulator.KEPT_BYTES, "cpu", 2**30 if keep else 0)
+        with torch.no_grad():
+            return cm(x)
+
+    cm = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity=fidelity, seed=1)
+    first = run(cm, True)
+    assert torch.equal(run(cm, True), first) and torch.equal(run(cm, False), first)
+    cm.program(7)  # a new chip written into the same buffers
+    other = run(cm, True)
+    fresh = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity=fidelity, seed=7)
+    assert torch.equal(other, run(fresh, False)) and not torch.equal(other, first)
+    cm.calibrate([x])  # new ADC ranges
+    calibrated = run(cm, True)
+    assert torch.equal(calibrated, run(cm, False)) and not torch.equal(calibrated, other)
