@@ -18,6 +18,7 @@ stored one.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -160,15 +161,9 @@ class ChipKey:
     def normal(self, stream: int, shape: tuple[int, ...] | torch.Size,
                device: torch.device | str = "cpu") -> torch.Tensor:
         """Standard normals `shape` (float32): cell `i` of the flattened shape draws offset `i` of the stream."""
-        count = 1
-        for n in shape:
-            count *= int(n)
-        return randn(self.stream_seed(stream), count, device).view(tuple(shape))
+        return randn(self.stream_seed(stream), math.prod(int(n) for n in shape), device).view(tuple(shape))
 
     def uniform(self, stream: int, shape: tuple[int, ...] | torch.Size,
                 device: torch.device | str = "cpu") -> torch.Tensor:
         """Uniforms in [0, 1) `shape` (float32), cell `i` from offset `i` of the stream."""
-        count = 1
-        for n in shape:
-            count *= int(n)
-        return rand(self.stream_seed(stream), count, device).view(tuple(shape))
+        return rand(self.stream_seed(stream), math.prod(int(n) for n in shape), device).view(tuple(shape))
