@@ -3,7 +3,7 @@
 The reduced run (the default here) takes one device (rram1), one training seed and two chips per
 point, over sigma 0 (the control), 0.025, ..., 0.125: about 4 minutes on two quiet CPU cores (11 on two
 shared ones with `--threads 1`) after the one-time model conversion. `--full` runs the whole evaluation (four
-devices, ten chips, three seeds; about 5.5 hours on two CPU cores, 190 s on two H200s); give it `--device cuda`
+devices, ten chips, three seeds; about 5.5 hours on two CPU cores; as six parallel shards, 190 s on two H200s); give it `--device cuda`
 on a GPU. Both resume: points already in `<out>/points.jsonl` are skipped.
 
     python examples/nvcimpt_real.py                           # reduced, results/nvcimpt-reduced/
