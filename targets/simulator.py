@@ -495,9 +495,9 @@ def _may_clip(planes: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, abo
 
 
 def _call_levels(stored: torch.Tensor, adc_range: torch.Tensor, cfg: dict, bit_serial: bool, k: int, read: float,
-                 scale: torch.Tensor) -> tuple[Grid, torch.Tensor]:
-    """One call's ADC grid and the float32 levels its reads multiply by: read noise added (fresh per call) and
-    flipped columns stored as `top - level`."""
+                 scale: torch.Tensor | None) -> tuple[Grid, torch.Tensor]:
+    """One call's ADC grid and the float32 levels its reads multiply by: read noise added (fresh per call, from the
+    op's read stream on `scale`; none where `read` is 0) and flipped columns stored as `top - level`."""
     levels = stored.float()
     g = grid(cfg, adc_range, bit_serial, k, levels)  # flips read from the programmed levels
     if read > 0:  # fresh read noise per call; a differential pair reads two independent cells
@@ -528,16 +528,18 @@ def _release(size: int) -> None:
 def _kept_call(stored: torch.Tensor, adc_range: torch.Tensor, cfg: dict, bit_serial: bool, k: int):
     """`(grid, levels, prepared)` of a CPU call without read noise, kept on the levels tensor between calls while
     `KEPT_BYTES` allows; None where nothing is kept (the caller prepares the call itself)."""
+    budget = KEPT_BYTES.get("cpu", 0)
+    if budget <= 0:
+        return None
     key = (stored._version, adc_range.data_ptr(), adc_range._version, tuple(adc_range.shape), bit_serial, k,
            repr(sorted(cfg.items())), _MAGIC_ROUNDS)
     found = getattr(stored, _KEPT_ATTR, None)
     if found is not None and found[0] == key:
         return found[1]
-    budget = KEPT_BYTES.get("cpu", 0)
-    size = 2 * stored.numel() * 4
+    size = 2 * stored.numel() * 4  # at most: the prepared tiles and the float32 levels
     if found is None and _kept_total[0] + size > budget:
         return None
-    g, levels = _call_levels(stored, adc_range, cfg, bit_serial, k, 0.0, adc_range)
+    g, levels = _call_levels(stored, adc_range, cfg, bit_serial, k, 0.0, None)
     prepared = None
     if _MAGIC_ROUNDS and _on_onednn(levels, levels):
         prepared = FusedAdc.prepare(levels, g, *digit_max(cfg, bit_serial)[::-1])
