@@ -66,9 +66,10 @@ def _release(device: torch.device) -> None:
 
 
 def measure(name: str, device: torch.device, fidelities: list[str], target: str, tokens: int, reps: int) -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     import nvcc_pt
     from nvcc_pt.capture import capture
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     built, model = _timed(lambda: LlamaForCausalLM(LlamaConfig(**SHAPES[name])).to(device).eval(), device)
@@ -87,14 +88,14 @@ def measure(name: str, device: torch.device, fidelities: list[str], target: str,
     for fidelity in fidelities:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        compile_s, cm = _timed(lambda: nvcc_pt.compile(model, target, example_inputs=(ids,), fidelity=fidelity,
-                                                       seed=0), device)
-        program_s, _ = _timed(lambda: cm.program(0), device)
-        reprogram_s, _ = _timed(lambda: cm.program(1), device)
+        compile_s, cm = _timed(lambda f=fidelity: nvcc_pt.compile(model, target, example_inputs=(ids,), fidelity=f,
+                                                                  seed=0), device)
+        program_s, _ = _timed(lambda c=cm: c.program(0), device)
+        reprogram_s, _ = _timed(lambda c=cm: c.program(1), device)
         state_bytes = sum(state.programmed_bytes() for _, state in cm.plan.states())
         with torch.no_grad():
             cm(ids)  # warm-up (kernel tuning)
-            forward_s, _ = _timed(lambda: cm(ids), device, reps)
+            forward_s, _ = _timed(lambda c=cm: c(ids), device, reps)
         row["fidelities"][fidelity] = {
             "compile_s": compile_s, "compile_over_export_plus_program": compile_s / (export_s + program_s),
             "program_s": program_s, "reprogram_s": reprogram_s, "forward_s": forward_s,

@@ -186,7 +186,6 @@ class CompiledModel:
             check.choice("draw_on", draw_on, ("cpu", "device"), where="program")
         draw_on = self.plan.results.get("draw_on", "cpu") if draw_on is None else draw_on
         self.plan.results["draw_on"] = draw_on
-        draw_device = self.device if draw_on == "device" else torch.device("cpu")
         seed = self.plan.seed if seed is None else int(seed)
         if time_s is not None:
             self.plan.results["time_s"] = float(time_s)
@@ -196,8 +195,7 @@ class CompiledModel:
 
         def program_one(i: int) -> None:
             name, state = states[i]
-            program_state(state, records[name][meta.NOISE], self.plan.fidelity, seed, i, time_s, self.target.device,
-                          draw_device)
+            program_state(state, records[name][meta.NOISE], self.plan.fidelity, seed, i, time_s, self.target.device)
 
         # Each op's draws are keyed by (seed, op, cell), so ops can be programmed on parallel threads (torch's ops
         # release the GIL) and a seed still gives the same cells. On a GPU, where the work queues on one stream

@@ -110,9 +110,9 @@ def quantize_input(x: torch.Tensor, bits: int) -> torch.Tensor:
     return xi * scale
 
 
-def op_generator(seed: int, op_index: int, device: str | torch.device | None = None) -> ChipKey:
+def op_generator(seed: int, op_index: int) -> ChipKey:
     """The key of op `op_index`'s chip for `seed` (`targets.philox`): its draws depend on (seed, op, cell) only,
-    not on how many ops precede it nor on the device (`device` is accepted for older callers and ignored)."""
+    not on how many ops precede it nor on the device."""
     return ChipKey(int(seed), int(op_index))
 
 
@@ -137,8 +137,7 @@ def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tenso
 
 
 def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, op_index: int,
-                  time_s: float | None = None, device_model=None, draw_device: str | torch.device = "cpu",
-                  censor: float | None = None) -> None:
+                  time_s: float | None = None, device_model=None, censor: float | None = None) -> None:
     """Fill `state`'s buffers for `fidelity`, drawing device variation from `seed`.
 
     `time_s` is the time since programming (drift, for devices that drift); `device_model` the target's
