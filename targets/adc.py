@@ -127,7 +127,7 @@ def grid(cfg: dict, adc_range: torch.Tensor, bit_serial: bool, k: int, levels: t
             top = 2 ** cfg["cell_bits"] - 1
             limit = torch.full((len(counts), 1), top * counts[0] / 2, device=levels.device)
             limit[-1] = top * counts[-1] / 2  # a fill, not a copy from the host (CUDA graphs record it)
-            flip = levels.sum(1) > limit
+            flip = levels.sum(1, dtype=torch.float32) > limit
     device = adc_range.device if adc_range.numel() > 2 else torch.device("cpu")
     as32 = lambda t: t.to(device=device, dtype=torch.float32).contiguous()  # noqa: E731
     return Grid(as32(1.0 / step), as32(step), as32(lo), as32(lo + codes), flip, float(2 ** cfg["cell_bits"] - 1))

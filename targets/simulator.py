@@ -493,20 +493,29 @@ def _may_clip(planes: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, abo
     return bool(((digits * top >= above) | (-digits * bottom <= below)).any())
 
 
-def _call_levels(stored: torch.Tensor, adc_range: torch.Tensor, cfg: dict, bit_serial: bool, k: int, read: float,
-                 scale: torch.Tensor | None) -> tuple[Grid, torch.Tensor]:
-    """One call's ADC grid and the float32 levels its reads multiply by: read noise added (fresh per call, from the
-    op's read stream on `scale`; none where `read` is 0) and flipped columns stored as `top - level`."""
+def _read_levels(stored: torch.Tensor, cfg: dict, read: float, scale: torch.Tensor | None) -> torch.Tensor:
+    """The float32 levels one call's reads multiply by: read noise added (fresh per call, from the op's read stream
+    on `scale`; none where `read` is 0)."""
     levels = stored.float()
-    g = grid(cfg, adc_range, bit_serial, k, levels)  # flips read from the programmed levels
     if read > 0:  # fresh read noise per call; a differential pair reads two independent cells
         factor = math.sqrt(2) if cfg["sign"] == "differential" else 1.0
         noise = torch.randn(levels.shape, generator=read_generator(scale, cfg, levels.device), device=levels.device,
                             dtype=levels.dtype)
         levels = levels + noise.mul_(read * factor)
-    if g.flip is not None:  # ISAAC's encoding: those columns hold top - l
-        levels = torch.where(g.flip[:, None, :], g.top - levels, levels)
-    return g, levels
+    return levels
+
+
+def _held(g: Grid, levels: torch.Tensor) -> torch.Tensor:
+    """`levels` as the columns hold them: flipped columns (ISAAC's encoding) as `top - level`."""
+    return levels if g.flip is None else torch.where(g.flip[:, None, :], g.top - levels, levels)
+
+
+def _call_levels(stored: torch.Tensor, adc_range: torch.Tensor, cfg: dict, bit_serial: bool, k: int, read: float,
+                 scale: torch.Tensor | None) -> tuple[Grid, torch.Tensor]:
+    """One call's ADC grid and the float32 levels its reads multiply by, as the columns hold them (`_read_levels`,
+    `_held`)."""
+    g = grid(cfg, adc_range, bit_serial, k, stored)  # flips read from the programmed levels
+    return g, _held(g, _read_levels(stored, cfg, read, scale))
 
 
 KEPT_BYTES = {"cpu": 2 * 2**30}
@@ -567,23 +576,29 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     kept = None
     if x.device.type == "cpu" and read <= 0 and not record_clips and not recording():
         kept = _kept_call(stored, adc_range, cfg, bit_serial, x.shape[-1])
+    fused = _fused_kernels() if x.device.type == "cuda" and not recording() else None
     if kept is not None:
         g, levels, prepared = kept
+    elif fused is not None:  # the kernel reads the stored levels
+        g, levels = grid(cfg, adc_range, bit_serial, x.shape[-1], stored), stored
     else:
         g, levels = _call_levels(stored, adc_range, cfg, bit_serial, x.shape[-1], read, scale)
     place_s = slice_places(cfg["cell_bits"], slices)  # on the host: `_place_sum` reads them, and a read from the
     # device would be a sync (which a CUDA graph cannot record)
     cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
-    fused = _fused_kernels() if x.device.type == "cuda" and not recording() else None
     clips: list[torch.Tensor] | None = [] if record_clips else None
     if fused is not None:  # the fused kernel keeps only each chunk's planes (float16), per-slice sums and clip flags
-        # float16 levels as stored multiply exactly as they are; noisy reads and flipped columns need the split
-        exact = stored.dtype == torch.float16 and read <= 0 and g.flip is None
-        hi_lo = (stored.contiguous(), None) if exact else fused.split_levels(levels)
-        adc_at = fused.grid_arrays(g, levels.shape[0], sn, x.device)
-        chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1] + levels.shape[0] * sn // slices * record_clips))
-        limits = _clip_limits(g, levels, digit_max(cfg, bit_serial)[1]) if record_clips else None
+        # float16 levels multiply exactly as they are, flipped columns included (the kernel reads those as
+        # top * sum(digits) - partial); noisy reads and float32 levels need the split
+        read_levels = None if stored.dtype == torch.float16 and read <= 0 else _read_levels(stored, cfg, read, scale)
+        hi_lo = (stored.contiguous(), None) if read_levels is None else fused.split_levels(read_levels)
+        adc_at = fused.grid_arrays(g, stored.shape[0], sn, x.device)
+        chunk = max(1, budget // (4 * sn + 2 * cycles * x.shape[1] + stored.shape[0] * sn // slices * record_clips))
+        limits = None
+        if record_clips:
+            held = _held(g, stored.float() if read_levels is None else read_levels)
+            limits = _clip_limits(g, held, digit_max(cfg, bit_serial)[1])
     else:
         chunk = max(1, budget // (4 * cycles * sn))
     if kept is None:  # the tiles whose GEMM also rounds and clips, on oneDNN
@@ -596,7 +611,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         if fused is not None:
             flags = None
             if clips is not None and _may_clip(planes, *limits):
-                flags = torch.zeros(levels.shape[0], planes.shape[1], sn // slices, device=x.device, dtype=torch.int8)
+                flags = torch.zeros(stored.shape[0], planes.shape[1], sn // slices, device=x.device, dtype=torch.int8)
                 clips.append(flags.view(torch.bool))  # already reduced over slices
             acc = fused.crossbar_codes(planes, *hi_lo, place_t, *adc_at, clips=flags)
         else:

@@ -9,8 +9,10 @@ the codes, weighted by the cycle's place value, into the block. Only the per-sli
 `[B, S*N]` reach memory; the shift-and-add over slices is left to the caller.
 
 Exactness on tensor cores: the DAC digits are small integers, exact in float16. The programmed
-levels are kept as float16 (`devices.LEVELS_DTYPE`) and multiply as they are, one dot per read. Where
-a call changes them (read noise, ISAAC's flipped columns), a level `L` (float32) is split into
+levels are kept as float16 (`devices.LEVELS_DTYPE`) and multiply as they are, one dot per read; a column
+stored flipped (ISAAC's encoding, `top - L`, which float16 does not hold exactly) is read from the unflipped
+levels as `top * sum(digits) - partial`, rounded once. Where a call changes the levels (read noise), or they
+are float32 (cells of more than 11 bits), a level `L` (float32) is split into
 `hi = fp16(L)` and `lo = fp16(L - hi)`
 (once per call for the levels, which every program reads many times; in registers for the
 noisy product's weights, which each program reads once), so
@@ -30,6 +32,11 @@ from triton.language.extra import libdevice
 
 CONFIGS = [
     triton.Config({"BM": 128, "BN": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BM": 128, "BN": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BM": 128, "BN": 128}, num_warps=8, num_stages=4),
+    triton.Config({"BM": 64, "BN": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BM": 64, "BN": 256}, num_warps=8, num_stages=3),
+    triton.Config({"BM": 256, "BN": 64}, num_warps=8, num_stages=3),
     triton.Config({"BM": 64, "BN": 128}, num_warps=4, num_stages=3),
     triton.Config({"BM": 128, "BN": 64}, num_warps=4, num_stages=3),
     triton.Config({"BM": 64, "BN": 64}, num_warps=4, num_stages=2),
@@ -43,21 +50,29 @@ def _split(w):
     return hi, (w - hi.to(tl.float32)).to(tl.float16)
 
 
-@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "GRID_COLS", "FLIP", "CLIPS", "POW2", "SPLIT"])
+ROUND_ADD_LIMIT = 2**22
+"""Codes up to this size are rounded as `(v + 1.5 * 2^23) - 1.5 * 2^23`: two float32 additions that round half to
+even, as `rint` does, which runs on the GPU's slower conversion path."""
+
+
+@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "GRID_COLS", "FLIP", "CLIPS", "POW2", "SPLIT", "ROUND_ADD"])
 @triton.jit
-def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr, chi_ptr, flip_ptr, clip_ptr,
-                     B, K, SN, NC, T, R, ROWS, top, GRID_COLS: tl.constexpr, FLIP: tl.constexpr, CLIPS: tl.constexpr,
-                     POW2: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr):
+def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr, chi_ptr, flip_ptr, dsum_ptr,
+                     clip_ptr, B, K, SN, NC, T, R, ROWS, top, GRID_COLS: tl.constexpr, FLIP: tl.constexpr,
+                     CLIPS: tl.constexpr, POW2: tl.constexpr, SPLIT: tl.constexpr, ROUND_ADD: tl.constexpr,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """y[b, c] = sum over tiles r and cycles t of place[t] * step[r, c] * ADC_rc(planes[t, b, tile r] . levels[tile r, c]).
 
     The ADC divides by the step, correctly rounded, as the CPU path does, so ties round alike.
 
-    The grid arrays are `[R, 1]` (GRID_COLS false) or `[R, S*N]`; with FLIP, columns marked in `flip` `[R, S*N]`
-    hold flipped levels and read back `top * sum(digits) - code` (`targets.adc`).
+    The grid arrays are `[R, 1]` (GRID_COLS false) or `[R, S*N]`. With FLIP, the columns marked in `flip` `[R, S*N]`
+    are stored flipped (`targets.adc`): the levels given are the unflipped ones, and a flipped column's read is
+    `top * sum(digits) - partial` (the sum of the digits on the tile's rows, `dsum` `[T, B, R]`), which the
+    digital side reads back as `top * sum(digits) - code`.
 
-    With POW2 (every step a power of two) the division is a multiplication by the inverse, exactly. Without SPLIT
-    the levels are float16 values (`hi` alone, `lo` unread): one dot per read instead of two.
+    With POW2 (every step a power of two) the division is a multiplication by the inverse, exactly; with ROUND_ADD
+    (every code within 2^22) the clipped value is rounded by adding and subtracting `MAGIC`. Without SPLIT the
+    levels are float16 values (`hi` alone, `lo` unread): one dot per read instead of two.
     With CLIPS, also sets clip[r, b, c % NC] to 1 where any cycle's read of tile r for (b, c) fell outside the ADC's
     codes: column c = s * NC + n is slice s of output n, so the slices of one output share a flag (set, never
     cleared, so programs that race on it agree).
@@ -80,30 +95,49 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr,
         else:
             at = r + rn * 0
         step = tl.load(step_ptr + at, mask=n_ok, other=1.0)[None, :]
+        inv = 1.0 / step
         code_lo = tl.load(clo_ptr + at, mask=n_ok, other=0.0)[None, :]
         code_hi = tl.load(chi_ptr + at, mask=n_ok, other=0.0)[None, :]
+        if FLIP:
+            flipped = tl.load(flip_ptr + r * SN + rn, mask=n_ok, other=0.0)[None, :]
+            sign = 1.0 - 2.0 * flipped
+            sign_inv, flip_inv = sign * inv, flipped * (top * inv)  # for POW2: exact scalings of the read
+            digit_place = tl.zeros((BM, 1), dtype=tl.float32)
         planes_ok = m_ok[:, None] & ((rk < ROWS) & (k < K))[None, :]
         v_min = tl.full((BM, BN), float("inf"), dtype=tl.float32)
         v_max = tl.full((BM, BN), -float("inf"), dtype=tl.float32)
+        codes = tl.zeros((BM, BN), dtype=tl.float32)
         for t in range(T):
             p = tl.load(p_ptr + (t * B + rm)[:, None] * K + k[None, :], mask=planes_ok, other=0.0)
             if SPLIT:
                 partial = tl.dot(p, hi, acc=tl.dot(p, lo))
             else:
                 partial = tl.dot(p, hi)
-            if POW2:
-                v = partial * (1.0 / step)
+            place = tl.load(place_ptr + t)
+            if FLIP:  # a flipped column reads top * sum(digits) - partial, rounded once (the negation is exact)
+                digits = tl.load(dsum_ptr + (t * B + rm) * R + r, mask=m_ok, other=0.0)[:, None]
+                digit_place += place * digits
+                if POW2:
+                    v = partial * sign_inv + digits * flip_inv
+                else:
+                    v = libdevice.div_rn(partial * sign + flipped * (digits * top), step)
+            elif POW2:
+                v = partial * inv
             else:
                 v = libdevice.div_rn(partial, step)
             if CLIPS:  # the extremes over cycles: two operations per read instead of a test per read
                 v_min = tl.minimum(v_min, v)
                 v_max = tl.maximum(v_max, v)
-            code = tl.minimum(tl.maximum(libdevice.rint(v), code_lo), code_hi)
-            if FLIP:
-                flipped = tl.load(flip_ptr + r * SN + rn, mask=n_ok, other=0.0)[None, :]
-                digits = tl.sum(p.to(tl.float32), axis=1)[:, None]
-                code = code * (1 - 2 * flipped) + libdevice.div_rn(digits * top, step) * flipped
-            y += tl.load(place_ptr + t) * code * step
+            clipped = tl.minimum(tl.maximum(v, code_lo), code_hi)  # the code bounds are integers: clip, then round
+            if ROUND_ADD:
+                code = (clipped + 12582912.0) - 12582912.0
+            else:
+                code = libdevice.rint(clipped)
+            codes += place * code
+        if FLIP:  # flipped columns read back top * sum(digits) - code, in level units
+            y += step * sign * codes + flipped * (digit_place * top)
+        else:
+            y += step * codes
         if CLIPS:  # the eager path's test on the unrounded codes; a store only where a read clipped
             outside = (v_min < code_lo - 0.5) | (v_max >= code_hi + 0.5)
             clip_at = (r * B + rm)[:, None] * NC + (rn % NC)[None, :]
@@ -121,14 +155,17 @@ _GRIDS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 
 def grid_arrays(g, tiles: int, sn: int, device: torch.device) -> tuple:
-    """The kernel's view of an ADC grid (`targets.adc.Grid`): (inv_step, step, lo, hi, flip, top, pow2) on `device`;
-    `pow2` says every step is a power of two (known on the host; a grid on the device is taken not to be).
+    """The kernel's view of an ADC grid (`targets.adc.Grid`): (inv_step, step, lo, hi, flip, top, pow2, round_add) on
+    `device`; `pow2` says every step is a power of two, `round_add` every code lies within `ROUND_ADD_LIMIT` (both
+    known on the host; a grid on the device is taken to be neither).
 
     A grid held on the host is copied once per distinct grid and device (a copy from the host cannot be
     recorded into a CUDA graph, and the same few grids serve every call).
     """
     arrays = (g.inv_step, g.step, g.lo, g.hi)
-    pow2 = arrays[1].device.type == "cpu" and bool((torch.frexp(arrays[1].float())[0] == 0.5).all())
+    on_host = arrays[1].device.type == "cpu"
+    pow2 = on_host and bool((torch.frexp(arrays[1].float())[0] == 0.5).all())
+    round_add = on_host and max(float(arrays[2].abs().max()), float(arrays[3].abs().max())) <= ROUND_ADD_LIMIT
     if g.per_column or arrays[0].device.type != "cpu":
         arrays = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in arrays)
     else:
@@ -137,19 +174,20 @@ def grid_arrays(g, tiles: int, sn: int, device: torch.device) -> tuple:
             _GRIDS[key] = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in arrays)
         arrays = _GRIDS[key]
     flip = g.flip.to(torch.float32).contiguous() if g.flip is not None else None
-    return (*arrays, flip, g.top, pow2)
+    return (*arrays, flip, g.top, pow2, round_add)
 
 
 def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | None, place_t: torch.Tensor,
                    inv_step: torch.Tensor, step: torch.Tensor, code_lo: torch.Tensor, code_hi: torch.Tensor,
-                   flip: torch.Tensor | None, top: float, pow2: bool = False,
+                   flip: torch.Tensor | None, top: float, pow2: bool = False, round_add: bool = False,
                    clips: torch.Tensor | None = None) -> torch.Tensor:
     """ADC outputs (in level units) summed over row tiles and shifted-and-added over cycles: `[B, S*N]` for planes
     `[T, B, K]`.
 
-    `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`), or float16 levels and None; `place_t`: each cycle's place value `[T]`;
-    the grid as `grid_arrays` gives it. `clips`, a zeroed int8 `[R, B, N]`, gets 1 where any cycle's read of a row
-    tile, in any slice, clipped (the gradient's mask).
+    `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`), or float16 levels and None, unflipped (columns
+    marked in `flip` read as flipped: `top - level`); `place_t`: each cycle's place value `[T]`; the grid as
+    `grid_arrays` gives it. `clips`, a zeroed int8 `[R, B, N]`, gets 1 where any cycle's read of a row tile, in any
+    slice, clipped (the gradient's mask).
     """
     cycles, batch, k = planes.shape
     tiles, rows, sn = hi.shape
@@ -158,12 +196,16 @@ def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | No
     p = planes.to(torch.float16).contiguous()
     y = torch.empty(batch, sn, device=planes.device, dtype=torch.float32)
     bk = max(16, triton.next_power_of_2(rows))
+    digits = y
+    if flip is not None:  # each cycle's digit sum over each row tile's rows: [T, B, R]
+        padded = planes if tiles * rows == k else torch.nn.functional.pad(planes, (0, tiles * rows - k))
+        digits = padded.view(cycles, batch, tiles, rows).sum(-1, dtype=torch.float32).contiguous()
     grid = lambda meta: (triton.cdiv(batch, meta["BM"]), triton.cdiv(sn, meta["BN"]))  # noqa: E731
     _crossbar_kernel[grid](p, hi, hi if lo is None else lo, place_t.float().contiguous(), y, step, code_lo, code_hi,
-                           flip if flip is not None else step, y if clips is None else clips, batch, k, sn,
+                           flip if flip is not None else step, digits, y if clips is None else clips, batch, k, sn,
                            sn if clips is None else clips.shape[-1], cycles, tiles, rows, float(top),
                            GRID_COLS=inv_step.shape[-1] > 1, FLIP=flip is not None, CLIPS=clips is not None,
-                           POW2=pow2, SPLIT=lo is not None, BK=bk)
+                           POW2=pow2, SPLIT=lo is not None, ROUND_ADD=round_add, BK=bk)
     return y
 
 
