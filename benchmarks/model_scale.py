@@ -4,7 +4,9 @@ Prints JSON, one object per model: the plain fp32 model's forward time over `--t
 `torch.export` time of the same capture, and per fidelity the `nvcc_pt.compile` time (and its ratio to
 export + programming), the programming time (`cm.program(seed)`, the first chip and a re-programming), the
 programmed state's bytes and the peak GPU memory over the plain model (both as ratios to the model's
-bytes), and the forward time as a ratio to the plain model's in the same run.
+bytes), and the forward time as a ratio to the plain model's in the same run. With `--chips N`, also the time of
+`nvcc_pt.montecarlo` over N chips (one forward each, several per pass where memory allows) against one chip's
+programming and forward.
 
     python benchmarks/model_scale.py --device cuda --models 1b,7b --fidelities noisy,adc,bit-serial
     python benchmarks/model_scale.py --device cpu --models tiny --tokens 64     # a check that runs anywhere
@@ -65,7 +67,8 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def measure(name: str, device: torch.device, fidelities: list[str], target: str, tokens: int, reps: int) -> dict:
+def measure(name: str, device: torch.device, fidelities: list[str], target: str, tokens: int, reps: int,
+            chips: int = 0) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import nvcc_pt
@@ -96,6 +99,12 @@ def measure(name: str, device: torch.device, fidelities: list[str], target: str,
         with torch.no_grad():
             cm(ids)  # warm-up (kernel tuning)
             forward_s, _ = _timed(lambda c=cm: c(ids), device, reps)
+        if chips:
+            one_chip_s, _ = _timed(lambda c=cm: c.program(2)(ids), device)
+            metric = lambda m: float(m(ids).logits[:, -1].float().mean())  # noqa: E731
+            mc_s, _ = _timed(lambda c=cm, f=metric: nvcc_pt.montecarlo(c, f, seeds=chips, progress=False), device)
+            row.setdefault("montecarlo", {})[fidelity] = {
+                "chips": chips, "seconds": mc_s, "one_chip_s": one_chip_s, "over_one_chip": mc_s / one_chip_s}
         row["fidelities"][fidelity] = {
             "compile_s": compile_s, "compile_over_export_plus_program": compile_s / (export_s + program_s),
             "program_s": program_s, "reprogram_s": reprogram_s, "forward_s": forward_s,
@@ -115,13 +124,15 @@ def main() -> None:
     parser.add_argument("--target", default="reram-128x128")
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--reps", type=int, default=3, help="timed forward passes per figure (after a warm-up)")
+    parser.add_argument("--chips", type=int, default=0, help="also time Monte Carlo over this many chips")
     args = parser.parse_args()
     unknown = [m for m in args.models.split(",") if m not in SHAPES]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {sorted(SHAPES)}")
     device = torch.device(args.device)
     for name in args.models.split(","):
-        print(json.dumps(measure(name, device, args.fidelities.split(","), args.target, args.tokens, args.reps)),
+        print(json.dumps(measure(name, device, args.fidelities.split(","), args.target, args.tokens, args.reps,
+                                 args.chips)),
               flush=True)
         _release(device)
 

@@ -55,12 +55,13 @@ ROUND_ADD_LIMIT = 2**22
 even, as `rint` does, which runs on the GPU's slower conversion path."""
 
 
-@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "GRID_COLS", "FLIP", "CLIPS", "POW2", "SPLIT", "ROUND_ADD"])
+@triton.autotune(configs=CONFIGS, key=["SN", "K", "T", "BK", "GRID_COLS", "FLIP", "CLIPS", "POW2", "SPLIT", "ROUND_ADD",
+                                      "ONE_STEP"])
 @triton.jit
 def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr, chi_ptr, flip_ptr, dsum_ptr,
                      clip_ptr, B, K, SN, NC, T, R, ROWS, top, GRID_COLS: tl.constexpr, FLIP: tl.constexpr,
                      CLIPS: tl.constexpr, POW2: tl.constexpr, SPLIT: tl.constexpr, ROUND_ADD: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                     ONE_STEP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """y[b, c] = sum over tiles r and cycles t of place[t] * step[r, c] * ADC_rc(planes[t, b, tile r] . levels[tile r, c]).
 
     The ADC divides by the step, correctly rounded, as the CPU path does, so ties round alike.
@@ -71,7 +72,9 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr,
     digital side reads back as `top * sum(digits) - code`.
 
     With POW2 (every step a power of two) the division is a multiplication by the inverse, exactly; with ROUND_ADD
-    (every code within 2^22) the clipped value is rounded by adding and subtracting `MAGIC`. Without SPLIT the
+    (every code within 2^22) the clipped value is rounded by adding and subtracting 1.5 * 2^23; with ONE_STEP (one
+    power-of-two step for every tile and column) the codes of every tile add up in code units, scaled once at the
+    end, in one block of registers instead of two. Without SPLIT the
     levels are float16 values (`hi` alone, `lo` unread): one dot per read instead of two.
     With CLIPS, also sets clip[r, b, c % NC] to 1 where any cycle's read of tile r for (b, c) fell outside the ADC's
     codes: column c = s * NC + n is slice s of output n, so the slices of one output share a flag (set, never
@@ -106,7 +109,8 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr,
         planes_ok = m_ok[:, None] & ((rk < ROWS) & (k < K))[None, :]
         v_min = tl.full((BM, BN), float("inf"), dtype=tl.float32)
         v_max = tl.full((BM, BN), -float("inf"), dtype=tl.float32)
-        codes = tl.zeros((BM, BN), dtype=tl.float32)
+        if not ONE_STEP:
+            codes = tl.zeros((BM, BN), dtype=tl.float32)
         for t in range(T):
             p = tl.load(p_ptr + (t * B + rm)[:, None] * K + k[None, :], mask=planes_ok, other=0.0)
             if SPLIT:
@@ -133,15 +137,25 @@ def _crossbar_kernel(p_ptr, hi_ptr, lo_ptr, place_ptr, y_ptr, step_ptr, clo_ptr,
                 code = (clipped + 12582912.0) - 12582912.0
             else:
                 code = libdevice.rint(clipped)
-            codes += place * code
-        if FLIP:  # flipped columns read back top * sum(digits) - code, in level units
-            y += step * sign * codes + flipped * (digit_place * top)
-        else:
+            if ONE_STEP and FLIP:
+                y += (place * sign) * code
+            elif ONE_STEP:
+                y += place * code
+            else:
+                codes += place * code
+        if FLIP:  # flipped columns read back top * sum(digits) - code
+            if ONE_STEP:
+                y += flipped * (digit_place * (top * inv))
+            else:
+                y += step * sign * codes + flipped * (digit_place * top)
+        elif not ONE_STEP:
             y += step * codes
         if CLIPS:  # the eager path's test on the unrounded codes; a store only where a read clipped
             outside = (v_min < code_lo - 0.5) | (v_max >= code_hi + 0.5)
             clip_at = (r * B + rm)[:, None] * NC + (rn % NC)[None, :]
             tl.store(clip_ptr + clip_at, tl.full((BM, BN), 1, tl.int8), mask=m_ok[:, None] & n_ok[None, :] & outside)
+    if ONE_STEP:
+        y = y * tl.load(step_ptr)
     tl.store(y_ptr + rm[:, None] * SN + rn[None, :], y, mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -155,9 +169,10 @@ _GRIDS: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
 
 def grid_arrays(g, tiles: int, sn: int, device: torch.device) -> tuple:
-    """The kernel's view of an ADC grid (`targets.adc.Grid`): (inv_step, step, lo, hi, flip, top, pow2, round_add) on
-    `device`; `pow2` says every step is a power of two, `round_add` every code lies within `ROUND_ADD_LIMIT` (both
-    known on the host; a grid on the device is taken to be neither).
+    """The kernel's view of an ADC grid (`targets.adc.Grid`): (inv_step, step, lo, hi, flip, top, pow2, round_add,
+    one_step) on `device`; `pow2` says every step is a power of two, `round_add` every code lies within
+    `ROUND_ADD_LIMIT`, `one_step` one power-of-two step serves every tile and column (all known on the host; a grid
+    on the device is taken to be none of them).
 
     A grid held on the host is copied once per distinct grid and device (a copy from the host cannot be
     recorded into a CUDA graph, and the same few grids serve every call).
@@ -166,6 +181,7 @@ def grid_arrays(g, tiles: int, sn: int, device: torch.device) -> tuple:
     on_host = arrays[1].device.type == "cpu"
     pow2 = on_host and bool((torch.frexp(arrays[1].float())[0] == 0.5).all())
     round_add = on_host and max(float(arrays[2].abs().max()), float(arrays[3].abs().max())) <= ROUND_ADD_LIMIT
+    one_step = pow2 and not g.per_column and bool((arrays[1] == arrays[1].reshape(-1)[0]).all())
     if g.per_column or arrays[0].device.type != "cpu":
         arrays = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in arrays)
     else:
@@ -174,13 +190,13 @@ def grid_arrays(g, tiles: int, sn: int, device: torch.device) -> tuple:
             _GRIDS[key] = tuple(t.to(device=device, dtype=torch.float32).contiguous() for t in arrays)
         arrays = _GRIDS[key]
     flip = g.flip.to(torch.float32).contiguous() if g.flip is not None else None
-    return (*arrays, flip, g.top, pow2, round_add)
+    return (*arrays, flip, g.top, pow2, round_add, one_step)
 
 
 def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | None, place_t: torch.Tensor,
                    inv_step: torch.Tensor, step: torch.Tensor, code_lo: torch.Tensor, code_hi: torch.Tensor,
                    flip: torch.Tensor | None, top: float, pow2: bool = False, round_add: bool = False,
-                   clips: torch.Tensor | None = None) -> torch.Tensor:
+                   one_step: bool = False, clips: torch.Tensor | None = None) -> torch.Tensor:
     """ADC outputs (in level units) summed over row tiles and shifted-and-added over cycles: `[B, S*N]` for planes
     `[T, B, K]`.
 
@@ -205,7 +221,8 @@ def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | No
                            flip if flip is not None else step, digits, y if clips is None else clips, batch, k, sn,
                            sn if clips is None else clips.shape[-1], cycles, tiles, rows, float(top),
                            GRID_COLS=inv_step.shape[-1] > 1, FLIP=flip is not None, CLIPS=clips is not None,
-                           POW2=pow2, SPLIT=lo is not None, ROUND_ADD=round_add, BK=bk)
+                           POW2=pow2, SPLIT=lo is not None, ROUND_ADD=round_add,
+                           ONE_STEP=one_step, BK=bk)
     return y
 
 
