@@ -80,7 +80,7 @@ class _Mix(TorchFunctionMode):
 
                 state = self.states[op]
                 x = quantize_input(args[0].float(), cfg["input_bits"])
-                no_adc = F.linear(x, state.weight.float(), None if args[2] is None else args[2].float())
+                no_adc = F.linear(x, state.effective_weight().float(), None if args[2] is None else args[2].float())
                 acc["no_adc"] += float((no_adc - exact.float()).square().sum())
         return out
 

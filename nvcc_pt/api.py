@@ -15,7 +15,7 @@ from nvcc_pt.calls import build_output, prepare_inputs
 from nvcc_pt.capture import capture, prompted_parts
 from nvcc_pt.cuda_graphs import GraphCache
 from nvcc_pt.errors import DeviceError, FidelityError, InputError
-from nvcc_pt.ops import FIDELITIES
+from nvcc_pt.ops import CHIP_ATTR, FIDELITIES
 from nvcc_pt.passes.decompose_attention import decompose_attention
 from nvcc_pt.passes.lower import lower, write_states
 from nvcc_pt.passmanager import MappingPolicy, PassContext, run_passes
@@ -128,7 +128,8 @@ class CompiledModel:
             if self._addresses is None:  # a replay reads the buffers at these addresses; the ADC grid is baked in
                 self._addresses = tuple((s.weight.data_ptr(), s.scale.data_ptr(), s.levels.data_ptr(),
                                          tuple(s.adc_range.tolist()) if s.adc_range.numel() <= 2
-                                         else s.adc_range.data_ptr()) for _, s in self.plan.states())
+                                         else s.adc_range.data_ptr(), getattr(s.levels, CHIP_ATTR, None))
+                                        for _, s in self.plan.states())
             signature = tuple((a.shape, a.dtype, a.device) for a in flat)
             return self._graphs.run(self.graph_module, flat, (signature, self._addresses))
         with deferred_checks(), crossbar_progress(len(self.plan.states()), self.fidelity, self.progress):

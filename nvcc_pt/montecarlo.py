@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from nvcc_pt import validate as check
 from nvcc_pt.calls import build_output
 from nvcc_pt.errors import InputError
+from nvcc_pt.ops import CHIP_ATTR
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ def _instances_per_pass(cm, requested: int | None, seeds: int) -> int:
     if cm.plan.capture.kind == "module" and cm.plan.capture.inputs[0].shape[:1] != (None,):
         return 1  # no dynamic leading (batch) dimension to fold instances into
     device = cm.device
-    if device.type != "cuda":
-        return 1
+    if device.type != "cuda" or any(getattr(s.levels, CHIP_ATTR, None) is not None for _, s in cm.plan.states()):
+        return 1  # a chip regenerated per call (`simulator.REGENERATE_LEVELS`) is programmed for each seed instead
     per_instance = sum(s.programmed_bytes() for _, s in cm.plan.states())
     return max(1, min(16, seeds, torch.cuda.mem_get_info(device)[0] // 4 // max(per_instance, 1)))
 
@@ -121,12 +122,15 @@ def _stack_instances(cm, seeds: list[int], draw_on: str) -> None:
 
     The stacks reuse the previous group's buffers where they fit, so CUDA graphs recorded for it stay valid.
     """
+    from nvcc_pt.targets.simulator import store_chip
+
     states = cm.plan.states()
     held = {(name, key): getattr(state, key) for name, state in states for key in ("weight", "levels")}
     stacks: dict[tuple[str, str], torch.Tensor] = {}
     for i, seed in enumerate(seeds):
         cm.program(seed, draw_on=draw_on)
         for name, state in states:
+            store_chip(state)  # stacked instances are stored, regenerated chips included
             for key in ("weight", "levels"):
                 value = getattr(state, key)
                 if not value.numel():

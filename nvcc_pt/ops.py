@@ -57,6 +57,9 @@ def _setup_context(ctx, inputs, output):
     ctx.n_state = len(state)
     ctx.clipped = CLIPPED.pop(parse_config(config)["op"], None)
     ctx.rows = parse_config(config).get("rows", 0)
+    ctx.chip = getattr(state[1], CHIP_ATTR, None) if len(state) > 1 else None
+    if ctx.chip is not None:  # the weight input is the source: the gradient's W_eff is regenerated
+        ctx.scale, ctx.config = state[0], parse_config(config)
 
 
 def _backward(ctx, grad):
@@ -65,6 +68,11 @@ def _backward(ctx, grad):
     the input gradient sees the chip's weights; the weight gradient is that of `W_eff` (quantizers and device
     variation are the identity to it) and is returned only when the weight input requires it."""
     x, weight = ctx.saved_tensors
+    if ctx.chip is not None:
+        from nvcc_pt.targets.simulator import columns_weight
+
+        columns = ctx.chip.columns(weight.detach(), ctx.scale, ctx.config)
+        weight = columns_weight(columns, ctx.scale, ctx.config, weight.shape[1]).to(weight.dtype)
     w = (weight if weight.dim() == 3 else weight[None]).to(grad.dtype)  # [I, N, K]: stacked instances or one
     inst, n, k = w.shape
     g = grad.reshape(inst, -1, n)
@@ -122,6 +130,9 @@ class ReadStream:
 
 READ_STREAM_ATTR = "_nvcc_read_stream"
 """The attribute of an op's `scale` buffer that holds its `ReadStream`: the op sees its state only as tensors."""
+CHIP_ATTR = "_nvcc_keyed_chip"
+"""The attribute of an op's (empty) `levels` buffer that holds its `simulator.KeyedChip` where the levels are
+regenerated per call instead of stored; the op's `weight` is then the source weight they are programmed from."""
 
 
 class CimState(nn.Module):
@@ -153,12 +164,33 @@ class CimState(nn.Module):
         # no device sync (and a CUDA graph can capture the op). Per-column ranges move with the levels.
         adc_range = self.adc_range
         stream = getattr(self.scale, READ_STREAM_ATTR, None)
+        chip = getattr(self.levels, CHIP_ATTR, None)
+        if chip is not None and not fn(self.levels).is_cuda:  # a regenerated chip leaving the GPU: store it there
+            from nvcc_pt.targets.simulator import store_chip
+
+            store_chip(self)
+            chip = None
         super()._apply(fn, recurse)
         if adc_range.numel() <= 2:
             self.adc_range = adc_range
         if stream is not None:  # a moved buffer is a new tensor: the read-noise stream goes with it
             setattr(self.scale, READ_STREAM_ATTR, stream)
+        if chip is not None:  # so does a regenerated chip
+            setattr(self.levels, CHIP_ATTR, chip)
         return self
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight `[N, K]` the programmed chip multiplies by (`weight`, or the read-back of levels regenerated
+        per call, `CHIP_ATTR`)."""
+        from nvcc_pt.targets.simulator import effective_weight
+
+        return effective_weight(self)
+
+    def stored_levels(self) -> torch.Tensor:
+        """The programmed levels as stored (`levels`, or those regenerated per call, `CHIP_ATTR`)."""
+        from nvcc_pt.targets.simulator import stored_levels
+
+        return stored_levels(self)
 
     def start_read_stream(self, seed: int, op_index: int) -> None:
         """Restart this op's read noise for a programmed instance (`ReadStream`)."""

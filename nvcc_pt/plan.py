@@ -121,8 +121,9 @@ def save_plan(plan: ExecutablePlan, path: str | Path, report: dict[str, Any] | N
     for k, v in (extra_tensors or {}).items():
         tensors[k] = v.detach().cpu().contiguous()
     for name, state in plan.states():
+        held = {"weight": state.effective_weight(), "levels": state.stored_levels()}  # as stored where regenerated
         for buf in ("weight", *state.STATE):
-            tensors[f"{name}.{buf}"] = getattr(state, buf).detach().cpu().contiguous()
+            tensors[f"{name}.{buf}"] = held.get(buf, getattr(state, buf)).detach().cpu().contiguous()
     data, tensor_info = tensorfile.encode(tensors)
     program_bytes = json.dumps(program, indent=1).encode("utf-8")
     doc = plan.to_json()

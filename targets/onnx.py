@@ -51,7 +51,7 @@ from torch.export import Dim
 from nvcc_pt import meta
 from nvcc_pt.errors import ExportError, InputError
 from nvcc_pt.files import move_into_place, scratch_directory
-from nvcc_pt.ops import parse_config
+from nvcc_pt.ops import CHIP_ATTR, parse_config
 from nvcc_pt.plan import PLAN_SCHEMA
 
 SUPPORTED_FIDELITIES = (*BODIES, *CROSSBAR)
@@ -93,15 +93,16 @@ def export_onnx(cm, path: str | os.PathLike) -> Path:
                       "ONNX file computes the noise-free read of the programmed weights", stacklevel=3)
     args, dynamic, input_names, output_names = _example_inputs(cm)
     calls: list[_Call] = []
-    held = [(state, state.levels) for _, state in cm.plan.states()]
-    try:  # the file holds float32 levels (the values the simulator multiplies by; it stores them as float16)
-        for state, levels in held:
-            state.levels = levels.float()
+    held = [(state, state.weight, state.levels) for _, state in cm.plan.states()]
+    try:  # the file holds float32 levels (the values the simulator multiplies by; it stores them as float16), and
+        # the effective weight and levels of chips the simulator regenerates per call
+        for state, _, _ in held:
+            state.weight, state.levels = state.effective_weight(), state.stored_levels().float()
         model = _run_exporter(cm.graph_module, args, dynamic, input_names, output_names, calls)
         _outline(model, calls, cm.fidelity, {st.config["op"]: st for _, st in cm.plan.states()})
     finally:
-        for state, levels in held:
-            state.levels = levels
+        for state, weight, levels in held:
+            state.weight, state.levels = weight, levels
     _annotate(model, cm, calls)
     _write(model, path)
     return path
@@ -126,7 +127,7 @@ def _check_programmed(cm) -> None:
         if cm.fidelity != "exact" and state.scale.numel() != state.source.shape[0]:
             raise ExportError(f"op {name!r} lacks its programmed weight scales for fidelity {cm.fidelity!r}; "
                               "program the plan with cm.program(seed)")
-        if cm.fidelity in CROSSBAR and state.levels.numel() == 0:
+        if cm.fidelity in CROSSBAR and state.levels.numel() == 0 and getattr(state.levels, CHIP_ATTR, None) is None:
             raise ExportError(f"op {name!r} holds no programmed levels for fidelity {cm.fidelity!r}; program the "
                               "plan with cm.program(seed) or cm.with_fidelity(...)")
 

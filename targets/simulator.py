@@ -46,6 +46,7 @@ import math
 import weakref
 import zlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 from nvcc_pt.targets.adc import Grid, RangeRecorder, grid
 from nvcc_pt.targets.cpu_adc import FusedAdc, magic_rounds_on_onednn
 from nvcc_pt.targets.devices import (
+    DRIFT_NU_REL_STD,
     TINY,
     as_stored,
     digit_max,
@@ -69,11 +71,11 @@ from nvcc_pt.targets.devices import (
     slice_places,
     weight_codes,
 )
-from nvcc_pt.targets.philox import ChipKey
+from nvcc_pt.targets.philox import DRIFT, FAULT, VARIATION, ChipKey
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
-from nvcc_pt.ops import CLIPPED, FIDELITIES, READ_STREAM_ATTR, CimState, ReadStream, parse_config
+from nvcc_pt.ops import CHIP_ATTR, CLIPPED, FIDELITIES, READ_STREAM_ATTR, CimState, ReadStream, parse_config
 
 IMPLEMENTED = FIDELITIES
 CROSSBAR = ("adc", "bit-serial")
@@ -126,6 +128,102 @@ def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
     return kns.reshape(tiles, rows, s * n).contiguous()
 
 
+REGENERATE_LEVELS = True
+"""On a GPU with Triton, crossbar ops (`adc`, `bit-serial`) of devices with per-cell variation keep neither their levels
+nor their effective weight: each call regenerates the levels from the model's weight and the chip's key (`KeyedChip`)
+in one kernel pass, so the programmed state adds almost nothing to the model (the stored levels take twice the fp32
+weight's bytes at 4 slices, the effective weight once more). False stores them, which saves that pass per call.
+Per-weight variation, censored (training) draws and cells wider than 11 bits are always stored."""
+
+
+@dataclass(frozen=True)
+class KeyedChip:
+    """How an op's programmed levels are regenerated (`REGENERATE_LEVELS`): the chip's key and device model, and the
+    drift time. Kept on the op's empty `levels` buffer (`ops.CHIP_ATTR`); its `columns` are what `program_state` would
+    store, bit for bit where the GPU's transcendental functions round as the draws' kernel does."""
+
+    seed: int
+    op: int
+    noise: NoiseInfo
+    time_s: float | None
+    g_min: float
+    t0: float
+
+    def columns(self, weight: torch.Tensor, scale: torch.Tensor, cfg: dict) -> torch.Tensor:
+        """The float16 levels `[R, rows, S*N]` of the chip programmed from `weight` `[N, K]` with `scale` `[N]`."""
+        fused = _fused_kernels() if weight.is_cuda else None
+        if fused is None:  # the torch ops, as `program_state` stores them
+            codes = quantize_weight(weight.float(), cfg["weight_bits"])[0].to(torch.int16)
+            return _programmed_columns(levels_of(codes, cfg), codes, scale, self, cfg)[1]
+        key = op_generator(self.seed, self.op)
+        top = 2 ** cfg["cell_bits"] - 1
+        found = (self.noise.level_sigmas, top, str(weight.device))
+        if found not in _SIGMAS:  # copied once (a copy from the host cannot be recorded into a CUDA graph)
+            _SIGMAS[found] = (torch.tensor(self.noise.level_sigmas, dtype=torch.float32) * top).to(weight.device)
+        sigmas = _SIGMAS[found]
+        drift = None
+        if self.noise.drift_nu > 0 and self.time_s is not None and self.time_s > self.t0:
+            drift = (self.time_s / self.t0, self.noise.drift_nu, DRIFT_NU_REL_STD, self.g_min)
+        stuck = None
+        if self.noise.stuck_at_gmin or self.noise.stuck_at_gmax:
+            stuck = (self.noise.stuck_at_gmin, self.noise.stuck_at_gmax)
+        seeds = (key.stream_seed(VARIATION), key.stream_seed(DRIFT), key.stream_seed(FAULT))
+        return fused.keyed_columns(weight, scale, sigmas, seeds, cfg, drift, stuck)
+
+
+_SIGMAS: dict[tuple, torch.Tensor] = {}
+
+
+def regenerates(noise: NoiseInfo, fidelity: str, source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
+    """Whether `program_state` keeps the op's chip as a `KeyedChip` instead of its levels (`REGENERATE_LEVELS`)."""
+    return (REGENERATE_LEVELS and fidelity in CROSSBAR and source.is_cuda and noise.variation == "per-cell"
+            and censor is None and levels_dtype(cfg["cell_bits"]) == torch.float16 and _fused_kernels() is not None)
+
+
+def _programmed_columns(levels: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, chip: KeyedChip,
+                        cfg: dict, censor: float | None = None,
+                        layout: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The programmed cells as the columns read them (`[P, S, N, K]`, `devices.as_stored`) and, with `layout`, the
+    crossbar layout of those columns (`[R, rows, S*N]`, `levels_dtype`), drawn with the torch ops."""
+    programmed = program_levels(levels, chip.noise, cfg["cell_bits"], op_generator(chip.seed, chip.op), chip.time_s,
+                                chip.g_min, chip.t0, censor, weights=(codes, scale))
+    programmed = as_stored(programmed, cfg["sign"], cfg["cell_bits"])  # every fidelity reads the columns as stored
+    return programmed, crossbar_levels(programmed, cfg).to(levels_dtype(cfg["cell_bits"])) if layout else None
+
+
+def columns_weight(columns: torch.Tensor, scale: torch.Tensor, cfg: dict, k: int) -> torch.Tensor:
+    """The effective weight `[N, K]` (float32) the crossbar levels `[R, rows, S*N]` hold: `read_back` of the columns."""
+    slices = cfg["slices"]
+    cols = columns.reshape(-1, slices, columns.shape[-1] // slices)[:k].permute(1, 2, 0).float()  # [S, N, K]
+    programmed = torch.stack([cols, torch.zeros_like(cols)]) if cfg["sign"] == "differential" else cols[None]
+    return read_back(programmed, cfg) * scale[:, None]
+
+
+def effective_weight(state: CimState) -> torch.Tensor:
+    """The weight `[N, K]` an op's programmed chip multiplies by: its stored `weight`, or for a `KeyedChip` (which
+    stores none) the read-back of its regenerated levels, in the source's dtype."""
+    chip = getattr(state.levels, CHIP_ATTR, None)
+    if chip is None:
+        return state.weight
+    columns = chip.columns(state.source, state.scale, state.config)
+    return columns_weight(columns, state.scale, state.config, state.source.shape[1]).to(state.source.dtype)
+
+
+def store_chip(state: CimState) -> None:
+    """Store a `KeyedChip`'s levels and effective weight in `state`'s buffers (where its calls do not regenerate)."""
+    chip = getattr(state.levels, CHIP_ATTR, None)
+    if chip is not None:
+        columns = chip.columns(state.source, state.scale, state.config)
+        state.weight = columns_weight(columns, state.scale, state.config, state.source.shape[1]).to(state.source.dtype)
+        state.levels = columns
+
+
+def stored_levels(state: CimState) -> torch.Tensor:
+    """An op's levels as `program_state` stores them: its `levels`, or a `KeyedChip`'s regenerated ones."""
+    chip = getattr(state.levels, CHIP_ATTR, None)
+    return state.levels if chip is None else chip.columns(state.source, state.scale, state.config)
+
+
 def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ideal cell levels, integer codes and scale of the state's source weight.
 
@@ -163,12 +261,16 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     if device_model is not None:
         span = device_model.g_max_us - device_model.g_min_us
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
-    programmed = program_levels(levels, noise, cfg["cell_bits"], op_generator(seed, op_index), time_s,
-                                g_min, t0, censor, weights=(codes, scale))
-    programmed = as_stored(programmed, cfg["sign"], cfg["cell_bits"])  # every fidelity reads the columns as the levels keep them
+    chip = KeyedChip(int(seed), int(op_index), noise, time_s, g_min, t0)
+    if regenerates(noise, fidelity, source, cfg, censor):  # nothing stored: the calls regenerate the levels
+        state.weight = source
+        state.levels = no_levels
+        setattr(state.levels, CHIP_ATTR, chip)
+        return
+    programmed, columns = _programmed_columns(levels, codes, scale, chip, cfg, censor, fidelity in CROSSBAR)
     _store(state, "weight", (read_back(programmed, cfg) * scale[:, None]).to(source.dtype))
     if fidelity in CROSSBAR:
-        _store(state, "levels", crossbar_levels(programmed, cfg).to(levels_dtype(cfg["cell_bits"])))
+        _store(state, "levels", columns)
     else:
         state.levels = no_levels
 
@@ -696,7 +798,10 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         _check_finite(sx, cfg)
         return _linear(xq.view(x.shape), w, bias)
     if fidelity in CROSSBAR:
-        if levels.numel() == 0:
+        chip = getattr(levels, CHIP_ATTR, None)
+        if chip is not None:  # regenerated from the source weight, which the op is then given
+            levels = chip.columns(weight.detach(), scale, cfg)
+        elif levels.numel() == 0:
             raise FidelityError(f"op {cfg['op']!r} runs at fidelity {fidelity!r} but holds no programmed levels; "
                                 "call cm.program() or cm.with_fidelity(...) to program it")
         flat = x.reshape(-1, x.shape[-1]).float()

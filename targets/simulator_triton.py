@@ -316,3 +316,109 @@ def split_linear(codes: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor,
     _split_linear_kernel[grid](codes.to(torch.float16).contiguous(), weight.float().contiguous(),
                                scale.reshape(-1).float().contiguous(), b, y, m, n, k, HAS_BIAS=bias is not None)
     return y
+
+
+@triton.jit
+def _draws(seed, base, k0, NORMAL: tl.constexpr, SHARED: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr):
+    """The keyed generator's draws (`targets.philox`) for cells `base[c] + k0 + i`, `[BK, BC]`: cell `m` is component
+    `m % 4` of Philox counter `m // 4`, a normal (`randn4x`) or a uniform (`rand4x`). SHARED (every `base` and `k0` a
+    multiple of four): one Philox call serves four rows, interleaved; else one call per cell."""
+    if SHARED:
+        counter = (base // 4)[None, :] + (k0 // 4 + tl.arange(0, BK // 4))[:, None]
+        if NORMAL:
+            d0, d1, d2, d3 = tl.randn4x(seed, counter)
+        else:
+            d0, d1, d2, d3 = tl.rand4x(seed, counter)
+        joined = tl.join(tl.join(d0, d1), tl.join(d2, d3))  # [BK/4, BC, b, a] holds component 2a + b
+        return tl.reshape(tl.permute(joined, (0, 3, 2, 1)), (BK, BC))
+    cell = base[None, :] + (k0 + tl.arange(0, BK))[:, None]
+    if NORMAL:
+        d0, d1, d2, d3 = tl.randn4x(seed, cell // 4)
+    else:
+        d0, d1, d2, d3 = tl.rand4x(seed, cell // 4)
+    j = cell % 4
+    return tl.where(j == 0, d0, tl.where(j == 1, d1, tl.where(j == 2, d2, d3)))
+
+
+@triton.jit
+def _programmed_cell(mag, shift, base, k0, sig_ptr, seed_var, seed_drift, seed_fault, mask_top, top, ratio, nu_mean,
+                     nu_rel, g_min, stuck_low, stuck_high, DRIFT: tl.constexpr, FAULTS: tl.constexpr,
+                     SHARED: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr):
+    """Cells `base[c] + k0 + i`'s programmed levels, as `devices.program_levels` computes them for per-cell variation:
+    each operation rounded on its own, as the torch ops round."""
+    level = (mag >> shift) & mask_top
+    sigma = tl.load(sig_ptr + level)
+    z = _draws(seed_var, base, k0, True, SHARED, BK, BC)
+    value = libdevice.add_rn(libdevice.mul_rn(sigma, z), level.to(tl.float32))
+    if DRIFT:
+        nu = libdevice.add_rn(1.0, libdevice.mul_rn(nu_rel, _draws(seed_drift, base, k0, True, SHARED, BK, BC)))
+        nu = libdevice.mul_rn(nu_mean, tl.maximum(nu, 0.0))
+        value = libdevice.sub_rn(libdevice.mul_rn(libdevice.add_rn(value, g_min), libdevice.pow(ratio, -nu)), g_min)
+    if FAULTS:
+        u = _draws(seed_fault, base, k0, False, SHARED, BK, BC)
+        value = tl.where(u < stuck_low, 0.0, value)
+        value = tl.where(u > stuck_high, top, value)
+    return value
+
+
+@triton.jit
+def _keyed_columns_kernel(w_ptr, scale_ptr, sig_ptr, out_ptr, seed_var, seed_drift, seed_fault, N, K, SN,
+                          ROWS_PAD, stride_n, stride_k, qmax, offset, cell_bits, mask_top, top, ratio, nu_mean,
+                          nu_rel, g_min, stuck_low, stuck_high, DIFFERENTIAL: tl.constexpr, DRIFT: tl.constexpr,
+                          FAULTS: tl.constexpr, SHARED: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr):
+    """out[k, s * N + n]: the float16 column level of slice s of output n on input row k (0 on padding rows)."""
+    k0 = tl.program_id(0) * BK
+    rk = k0 + tl.arange(0, BK)
+    rc = tl.program_id(1) * BC + tl.arange(0, BC)
+    c_ok = rc < SN
+    s = rc // N
+    n = rc - s * N
+    ok = (rk < K)[:, None] & c_ok[None, :]
+    w = tl.load(w_ptr + n[None, :].to(tl.int64) * stride_n + rk[:, None].to(tl.int64) * stride_k, mask=ok, other=0.0)
+    scale = tl.load(scale_ptr + n, mask=c_ok, other=1.0)[None, :]
+    code = tl.minimum(tl.maximum(libdevice.rint(libdevice.div_rn(w.to(tl.float32), scale)), -qmax), qmax)
+    code = code.to(tl.int32)
+    shift = (s * cell_bits)[None, :]
+    base = (s.to(tl.int64) * N + n) * K  # flat index of (sign 0, s, n, k = 0) in [P, S, N, K]
+    if DIFFERENTIAL:
+        plus = _programmed_cell(tl.maximum(code, 0), shift, base, k0, sig_ptr, seed_var, seed_drift, seed_fault,
+                                mask_top, top, ratio, nu_mean, nu_rel, g_min, stuck_low, stuck_high, DRIFT, FAULTS,
+                                SHARED, BK, BC)
+        minus = _programmed_cell(tl.maximum(-code, 0), shift, base + (SN // N) * N * K.to(tl.int64), k0, sig_ptr,
+                                 seed_var, seed_drift, seed_fault, mask_top, top, ratio, nu_mean, nu_rel, g_min,
+                                 stuck_low, stuck_high, DRIFT, FAULTS, SHARED, BK, BC)
+        column = libdevice.sub_rn(plus, minus)
+    else:
+        column = _programmed_cell(code + offset, shift, base, k0, sig_ptr, seed_var, seed_drift, seed_fault, mask_top,
+                                  top, ratio, nu_mean, nu_rel, g_min, stuck_low, stuck_high, DRIFT, FAULTS, SHARED,
+                                  BK, BC)
+    column = tl.where(ok, column, 0.0)
+    tl.store(out_ptr + rk[:, None].to(tl.int64) * SN + rc[None, :], column.to(tl.float16),
+             mask=(rk < ROWS_PAD)[:, None] & c_ok[None, :])
+
+
+def keyed_columns(weight: torch.Tensor, scale: torch.Tensor, sigmas: torch.Tensor, seeds: tuple[int, int, int],
+                  cfg: dict, drift: tuple[float, float, float, float] | None,
+                  stuck: tuple[float, float] | None) -> torch.Tensor:
+    """A chip's float16 column levels `[R, rows, S*N]` regenerated from the weight `[N, K]` and the chip's key, what
+    `program_state` stores for per-cell variation (`simulator.KeyedChip`), in one pass.
+
+    `sigmas`: the per-level sigma in level steps `[2^cell_bits]` (float32); `seeds`: the variation, drift and fault
+    streams' Philox seeds (`ChipKey.stream_seed`); `drift`: (time over t0, mean nu, nu's relative spread, G_min in
+    levels) or None; `stuck`: the stuck-at-G_min and stuck-at-G_max probabilities, or None.
+    """
+    n, k = weight.shape
+    slices, rows, cell_bits = cfg["slices"], cfg["rows"], cfg["cell_bits"]
+    sn, rows_pad = slices * n, -(-k // rows) * rows
+    out = torch.empty(rows_pad, sn, device=weight.device, dtype=torch.float16)
+    ratio, nu_mean, nu_rel, g_min = drift if drift is not None else (1.0, 0.0, 0.0, 0.0)
+    low, high = stuck if stuck is not None else (0.0, 0.0)
+    bk, bc = 32, 64
+    grid = (triton.cdiv(rows_pad, bk), triton.cdiv(sn, bc))
+    _keyed_columns_kernel[grid](weight, scale.float().contiguous(), sigmas, out, *seeds, n, k, sn, rows_pad,
+                                weight.stride(0), weight.stride(1), float(2 ** (cfg["weight_bits"] - 1) - 1),
+                                2 ** (cfg["weight_bits"] - 1), cell_bits, 2**cell_bits - 1, float(2**cell_bits - 1),
+                                ratio, nu_mean, nu_rel, g_min, low, 1.0 - high,
+                                DIFFERENTIAL=cfg["sign"] == "differential", DRIFT=drift is not None,
+                                FAULTS=stuck is not None, SHARED=k % 4 == 0, BK=bk, BC=bc, num_warps=4)
+    return out.view(rows_pad // rows, rows, sn)

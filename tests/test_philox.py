@@ -2,6 +2,7 @@
 `tl.randn` (on CUDA, or on the CPU under `TRITON_INTERPRET=1`)."""
 
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ def _chip(fidelity="adc", target="reram-128x128", seed=0, **changes):
 
 
 def _states(cm):
-    return [(state.weight.clone(), state.levels.clone()) for _, state in cm.plan.states()]
+    return [(state.effective_weight().clone(), state.stored_levels().clone()) for _, state in cm.plan.states()]
 
 
 def test_a_chip_depends_on_seed_and_op_not_on_programming_order():
@@ -211,3 +212,121 @@ def test_the_fused_kernel_reads_float16_levels_as_they_are():
     split = fused.crossbar_codes(planes, *fused.split_levels(stored.float()), place, *grid)
     alone = fused.crossbar_codes(planes, stored, None, place, *grid)
     assert torch.equal(split, alone) and bool(split.abs().sum() > 0)
+
+
+# --- chips regenerated per call (`simulator.REGENERATE_LEVELS`) ---------------------------------------------------
+
+needs_triton_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="regenerated chips need a CUDA GPU")
+
+KEYED = [
+    ("reram-128x128", {}),  # offset weights, 2-bit cells, ISAAC's flipped columns
+    ("reram-128x128", {"sign": "differential", "cell_bits": 1, "stuck_at_gmin": 0.02, "stuck_at_gmax": 0.01}),
+    ("reram-256x256", {"cell_bits": 4}),  # differential, 4-bit cells
+    ("pcm-256x256", {}),  # drift (programmed at a later time) and read noise
+]
+
+
+@contextmanager
+def _stored_chips():
+    from nvcc_pt.targets import simulator
+
+    simulator.REGENERATE_LEVELS = False
+    try:
+        yield
+    finally:
+        simulator.REGENERATE_LEVELS = True
+
+
+def _regenerated_and_stored(target, changes, fidelity="bit-serial", device="cuda", time_s=None):
+    import nvcc_pt
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(37, 48), torch.nn.ReLU(), torch.nn.Linear(48, 9)).to(device)
+    spec = nvcc_pt.get_target(target).replace(rows=16, cols=16, **changes)
+    x = torch.randn(5, 37, device=device)
+    keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity=fidelity, seed=3)
+    with _stored_chips():
+        stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity=fidelity, seed=3)
+        if time_s is not None:
+            stored.program(3, time_s=time_s)
+    if time_s is not None:
+        keyed.program(3, time_s=time_s)
+    return model, x, keyed, stored
+
+
+def test_a_keyed_chip_rebuilds_the_stored_levels_on_the_cpu():
+    """`KeyedChip.columns` off the GPU (what a regenerated chip stores when it leaves the GPU) is the stored chip."""
+    from nvcc_pt.targets.simulator import KeyedChip
+
+    from nvcc_pt import meta
+
+    cm = _chip(fidelity="bit-serial", sigma=0.05, stuck_at_gmin=0.01)
+    for i, (name, state) in enumerate(cm.plan.states()):
+        chip = KeyedChip(0, i, cm.plan.records[name][meta.NOISE], None, 0.0, cm.target.device.drift_t0_s)
+        assert torch.equal(chip.columns(state.source, state.scale, state.config), state.levels)
+
+
+@needs_triton_gpu
+@pytest.mark.parametrize(("target", "changes"), KEYED)
+def test_regenerated_levels_are_the_stored_ones(target, changes):
+    from nvcc_pt.ops import CHIP_ATTR
+
+    time_s = 1e4 if target.startswith("pcm") else None
+    _, x, keyed, stored = _regenerated_and_stored(target, changes, time_s=time_s)
+    for (_, k_state), (_, s_state) in zip(keyed.plan.states(), stored.plan.states()):
+        assert getattr(k_state.levels, CHIP_ATTR, None) is not None and k_state.levels.numel() == 0
+        regenerated = k_state.stored_levels()
+        assert regenerated.dtype == s_state.levels.dtype and regenerated.shape == s_state.levels.shape
+        if time_s is None:  # the same draws, each operation rounded as the torch ops round it
+            assert torch.equal(regenerated, s_state.levels)
+        else:  # drift's power may round a unit apart from torch's
+            assert float((regenerated.float() - s_state.levels.float()).abs().max()) <= 2**-8
+            assert float((regenerated != s_state.levels).float().mean()) < 0.01
+        torch.testing.assert_close(k_state.effective_weight(), s_state.weight, rtol=0,
+                                   atol=2**-8 * float(s_state.scale.max()) * 4)
+    if time_s is None:
+        with torch.no_grad():
+            assert torch.equal(keyed(x), stored(x))
+
+
+@needs_triton_gpu
+def test_a_regenerated_chip_holds_almost_no_state_and_serves_every_user_path(tmp_path):
+    import nvcc_pt
+
+    model, x, keyed, stored = _regenerated_and_stored("reram-128x128", {})
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    keyed_bytes = sum(state.programmed_bytes() for _, state in keyed.plan.states())
+    stored_bytes = sum(state.programmed_bytes() for _, state in stored.plan.states())
+    assert keyed_bytes <= 0.1 * model_bytes < 2.5 * model_bytes <= stored_bytes
+    with torch.no_grad():
+        expected = stored(x)
+        assert torch.equal(keyed(x), expected)
+        keyed.cuda_graphs = True
+        assert torch.equal(keyed(x), expected) and torch.equal(keyed(x), expected)  # recorded, then replayed
+        keyed.program(5)
+        other = keyed(x)
+        assert not torch.equal(other, expected)  # a new seed is a new chip, not the recorded one
+        with _stored_chips():
+            assert torch.equal(other, stored.program(5)(x))
+            stored.program(3)
+        keyed.program(3)
+    # the gradient's effective weight is the chip's
+    xg, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    keyed(xg).square().sum().backward()
+    stored(xs).square().sum().backward()
+    torch.testing.assert_close(xg.grad, xs.grad)
+    # Monte Carlo programs each seed in turn and agrees with the stored chips
+    metric = lambda m: float(m(x).square().mean())  # noqa: E731
+    with _stored_chips():
+        expected = nvcc_pt.montecarlo(stored, metric, seeds=3, progress=False).values
+    assert keyed.plan.seed == 3
+    torch.testing.assert_close(torch.tensor(nvcc_pt.montecarlo(keyed, metric, seeds=3, progress=False).values),
+                               torch.tensor(expected), rtol=1e-6, atol=0)
+    # a saved plan holds the levels; off the GPU the chip stores them
+    keyed.save(tmp_path / "plan")
+    loaded = nvcc_pt.load(tmp_path / "plan")
+    with torch.no_grad():
+        on_cpu = stored.to("cpu")(x.cpu())
+        torch.testing.assert_close(loaded(x.cpu()), on_cpu, rtol=0, atol=1e-5)
+        torch.testing.assert_close(keyed.to("cpu")(x.cpu()), on_cpu, rtol=0, atol=1e-5)
+    assert all(state.levels.numel() for _, state in keyed.plan.states())

@@ -208,7 +208,7 @@ class CompiledBank:
 
     def read_back(self) -> torch.Tensor:
         """The stored OVTs as the programmed cells hold them, `[num_ovts, n_virtual, hidden]`."""
-        return self._store_state.weight.detach().float().reshape(self.num_ovts, self.n_virtual, self.hidden).clone()
+        return self._store_state.effective_weight().detach().float().reshape(self.num_ovts, self.n_virtual, self.hidden).clone()
 
     def query_vectors(self, token_embeds: Sequence[torch.Tensor]) -> torch.Tensor:
         """`[Q, D]` query vectors from each input's token embeddings `[T_i, hidden]`."""

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
+from nvcc_pt.ops import CHIP_ATTR
 from nvcc_pt.prompt.lamp import Example, LampTask
 from nvcc_pt.prompt.soft_prompt import SoftPromptLM
 from nvcc_pt.prompt.ssa import pool_tokens
@@ -129,6 +130,9 @@ class _OvtStore:
         from nvcc_pt.training import bound_weights, reprogram
 
         reprogram(self.bank.cm, self.seed * 1_000_003 + step, self.censor)  # the OVT changed: write it again
+        if getattr(self.leaf.state.levels, CHIP_ATTR, None) is not None:  # no stored weight: read the chip back
+            live = self.leaf.param.as_strided(*self.leaf.view)
+            return self.leaf.state.effective_weight().detach() + (live - live.detach())
         with bound_weights([self.leaf]):
             return self.leaf.state.weight
 
