@@ -6,7 +6,8 @@ export + programming), the programming time (`cm.program(seed)`, the first chip 
 programmed state's bytes and the peak GPU memory over the plain model (both as ratios to the model's
 bytes), and the forward time as a ratio to the plain model's in the same run. With `--chips N`, also the time of
 `nvcc_pt.montecarlo` over N chips (one forward each, several per pass where memory allows) against one chip's
-programming and forward.
+programming and forward. `--stored-levels` stores the crossbar levels instead of regenerating them per call
+(`simulator.REGENERATE_LEVELS`).
 
     python benchmarks/model_scale.py --device cuda --models 1b,7b --fidelities noisy,adc,bit-serial
     python benchmarks/model_scale.py --device cpu --models tiny --tokens 64     # a check that runs anywhere
@@ -83,7 +84,10 @@ def measure(name: str, device: torch.device, fidelities: list[str], target: str,
         model(ids, use_cache=False)  # warm-up
         plain_s, _ = _timed(lambda: model(ids, use_cache=False), device, reps)
     export_s, _ = _timed(lambda: capture(model, (ids,)), device)
+    from nvcc_pt.targets import simulator
+
     row = {"model": name, "device": str(device), "target": target, "tokens": tokens,
+           "regenerate_levels": simulator.REGENERATE_LEVELS,
            "params": sum(p.numel() for p in model.parameters()), "model_gb": model_bytes / 2**30,
            "build_s": built, "plain_forward_s": plain_s, "export_s": export_s, "fidelities": {}}
     _release(device)
@@ -125,11 +129,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--reps", type=int, default=3, help="timed forward passes per figure (after a warm-up)")
     parser.add_argument("--chips", type=int, default=0, help="also time Monte Carlo over this many chips")
+    parser.add_argument("--stored-levels", action="store_true",
+                        help="store the crossbar levels (simulator.REGENERATE_LEVELS = False)")
     args = parser.parse_args()
     unknown = [m for m in args.models.split(",") if m not in SHAPES]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {sorted(SHAPES)}")
     device = torch.device(args.device)
+    if args.stored_levels:
+        from nvcc_pt.targets import simulator
+
+        simulator.REGENERATE_LEVELS = False
     for name in args.models.split(","):
         print(json.dumps(measure(name, device, args.fidelities.split(","), args.target, args.tokens, args.reps,
                                  args.chips)),
