@@ -16,7 +16,8 @@ Fidelity levels:
               two phases or as two's complement, `input_encoding`), one ADC read per cycle.
 
 The crossbar paths keep the programmed levels as `state.levels` `[R, rows, S*N]` (float16): row tile,
-row within the tile, and one ADC column per (slice, output). A differential pair is sensed
+row within the tile, and one ADC column per (slice, output); on a GPU they are regenerated per call from the
+chip's key instead (`REGENERATE_LEVELS`, `KeyedChip`). A differential pair is sensed
 as one current (the analog subtraction), so its column holds `L+ - L-`. For each chunk of
 batch rows, one GEMM per row tile gives that tile's partial sums for every column and input
 cycle at once (the cycles ride along as extra rows), in units of one ADC step; the ADC rounds
