@@ -254,6 +254,54 @@ def _regenerated_and_stored(target, changes, fidelity="bit-serial", device="cuda
     return model, x, keyed, stored
 
 
+def test_a_regenerated_chip_serves_every_user_path(tmp_path, monkeypatch):
+    """Every path that reads a chip (forward, gradient, analysis, plan files, ONNX, Monte Carlo) gives what the stored
+    chip gives. A GPU regenerates the levels in a Triton pass; here the torch draws stand in for it on the CPU."""
+    import onnxruntime as ort
+    from nvcc_pt.targets import simulator
+
+    import nvcc_pt
+    from nvcc_pt.ops import CHIP_ATTR
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(37, 48), torch.nn.ReLU(), torch.nn.Linear(48, 9))
+    spec = nvcc_pt.get_target("reram-128x128").replace(rows=16, cols=16, stuck_at_gmin=0.01)
+    x = torch.randn(5, 37)
+    stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
+    monkeypatch.setattr(simulator, "regenerates", lambda noise, fidelity, source, cfg, censor: (
+        fidelity in simulator.CROSSBAR and noise.variation == "per-cell" and censor is None))
+    keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
+    assert all(getattr(s.levels, CHIP_ATTR, None) is not None for _, s in keyed.plan.states())
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert sum(s.programmed_bytes() for _, s in keyed.plan.states()) < 0.1 * model_bytes
+    with torch.no_grad():
+        assert torch.equal(keyed(x), stored(x))
+    for (_, k), (_, st) in zip(keyed.plan.states(), stored.plan.states()):
+        assert torch.equal(k.effective_weight(), st.weight) and torch.equal(k.stored_levels(), st.levels)
+    grads = []
+    for cm in (keyed, stored):
+        xg = x.clone().requires_grad_()
+        cm(xg).square().sum().backward()
+        grads.append(xg.grad)
+    assert torch.equal(*grads)
+    found = [cm.analyze([x], progress=False).ops for cm in (keyed, stored)]
+    assert found[0] == found[1]
+    metric = lambda m: float(m(x).square().mean())  # noqa: E731
+    assert nvcc_pt.montecarlo(keyed, metric, seeds=2, progress=False).values == \
+        nvcc_pt.montecarlo(stored, metric, seeds=2, progress=False).values
+    assert keyed.plan.seed == 3 and getattr(keyed.plan.states()[0][1].levels, CHIP_ATTR, None) is not None
+    keyed.save(tmp_path / "plan")
+    with torch.no_grad():
+        assert torch.equal(nvcc_pt.load(tmp_path / "plan")(x), stored(x))
+    outputs = []
+    for name, cm in (("keyed", keyed), ("stored", stored)):
+        path = cm.export_onnx(tmp_path / f"{name}.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert (outputs[0] == outputs[1]).all()
+    assert getattr(keyed.plan.states()[0][1].levels, CHIP_ATTR, None) is not None  # the export put the chip back
+
+
 def test_a_keyed_chip_rebuilds_the_stored_levels_on_the_cpu():
     """`KeyedChip.columns` off the GPU (what a regenerated chip stores when it leaves the GPU) is the stored chip."""
     from nvcc_pt.targets.simulator import KeyedChip
