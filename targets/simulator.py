@@ -154,7 +154,7 @@ class KeyedChip:
         """The float16 levels `[R, rows, S*N]` of the chip programmed from `weight` `[N, K]` with `scale` `[N]`."""
         fused = _fused_kernels() if weight.is_cuda else None
         if fused is None:  # the torch ops, as `program_state` stores them
-            codes = quantize_weight(weight.float(), cfg["weight_bits"])[0].to(torch.int16)
+            codes = weight_codes(weight, cfg)[0]
             return _programmed_columns(levels_of(codes, cfg), codes, scale, self, cfg)[1]
         key = op_generator(self.seed, self.op)
         top = 2 ** cfg["cell_bits"] - 1
@@ -225,16 +225,6 @@ def stored_levels(state: CimState) -> torch.Tensor:
     return state.levels if chip is None else chip.columns(state.source, state.scale, state.config)
 
 
-def _ideal_levels(state: CimState, cfg: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ideal cell levels, integer codes and scale of the state's source weight.
-
-    Nothing is kept between programmings: quantizing costs a few elementwise passes, far less than drawing the
-    variation, and a kept copy of the codes would add half the weight's bytes to every op's state.
-    """
-    codes, scale = weight_codes(state.source, cfg)
-    return levels_of(codes, cfg), codes, scale
-
-
 def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, op_index: int,
                   time_s: float | None = None, device_model=None, censor: float | None = None) -> None:
     """Fill `state`'s buffers for `fidelity`, drawing device variation from `seed`.
@@ -251,11 +241,13 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     if fidelity == "exact" or source.device.type == "meta":
         state.weight, state.levels = source, no_levels
         return
-    levels, codes, scale = _ideal_levels(state, cfg)
+    # Integer codes are not kept between programmings: quantizing costs a few elementwise passes, far less than
+    # drawing the variation, and a kept copy would add half the weight's bytes to every op's state.
+    codes, scale = weight_codes(source, cfg)
     state.scale = scale
     state.start_read_stream(seed, op_index)
     if fidelity == "quantized":
-        _store(state, "weight", (read_back(levels.float(), cfg) * scale[:, None]).to(source.dtype))
+        _store(state, "weight", (read_back(levels_of(codes, cfg).float(), cfg) * scale[:, None]).to(source.dtype))
         state.levels = no_levels
         return
     g_min, t0 = 0.0, 20.0
@@ -268,7 +260,8 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         state.levels = no_levels
         setattr(state.levels, CHIP_ATTR, chip)
         return
-    programmed, columns = _programmed_columns(levels, codes, scale, chip, cfg, censor, fidelity in CROSSBAR)
+    programmed, columns = _programmed_columns(levels_of(codes, cfg), codes, scale, chip, cfg, censor,
+                                              fidelity in CROSSBAR)
     _store(state, "weight", (read_back(programmed, cfg) * scale[:, None]).to(source.dtype))
     if fidelity in CROSSBAR:
         _store(state, "levels", columns)
