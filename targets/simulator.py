@@ -800,6 +800,7 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                 "call cm.program() or cm.with_fidelity(...) to program it")
         flat = x.reshape(-1, x.shape[-1]).float()
         grads = x.requires_grad or weight.requires_grad  # (autograd is off inside the op; the flags are kept)
+        CLIPPED.pop(cfg["op"], None)  # a mask is this call's: one a call without autograd left must not carry over
         y = _crossbar(flat, levels, scale, adc_range, cfg, fidelity == "bit-serial", grads)
         if _progress is not None:
             _progress.update(1)

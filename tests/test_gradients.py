@@ -119,10 +119,17 @@ def test_adc_clipping_zeroes_the_gradient_of_clipped_tile_outputs():
     assert torch.allclose(layer.bias.grad, g.sum(0), atol=1e-6)  # the bias is added after the ADC
 
 
-def test_full_scale_adc_never_clips_so_bit_serial_is_straight_through():
+IDEAL = nvcc_pt.get_target("reram-128x128").replace(sigma=0.0)
+"""The default preset with ideal cells: its exact ADC holds every partial sum (with variation, a level-0 cell's negative
+deviation can take a sum below the lowest code, which then clips)."""
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_adc_that_holds_every_sum_makes_bit_serial_straight_through(seed):
+    torch.manual_seed(seed)
     layer = nn.Linear(30, 5)
     x = torch.randn(4, 30)
-    cm = nvcc_pt.compile(layer, "reram-128x128", example_inputs=(x,), fidelity="bit-serial")
+    cm = nvcc_pt.compile(layer, IDEAL, example_inputs=(x,), fidelity="bit-serial")
     (_, state), = cm.plan.states()
     xg = x.clone().requires_grad_()
     g = torch.randn(4, 5)
@@ -234,3 +241,22 @@ def test_the_clip_bound_never_misses_a_clipped_read():
         may = _may_clip(planes, *_clip_limits(g, levels, bipolar=False))
         assert may or not clipped  # a bound: it may over-report, never miss
     assert not may  # and a wide ADC is proven safe
+
+
+def test_a_clip_mask_belongs_to_its_own_call():
+    """A call that records clips without autograd (inputs that want gradients, run under no_grad) leaves no mask for
+    the next call's gradient."""
+    torch.manual_seed(5)
+    layer = nn.Linear(30, 5)
+    x = torch.randn(4, 30)
+    cm = nvcc_pt.compile(layer, IDEAL, example_inputs=(x,), fidelity="bit-serial")
+    (_, state), = cm.plan.states()
+    xg = x.clone().requires_grad_()
+    full_scale = state.adc_range
+    state.adc_range = torch.tensor([-2.0, 2.0])  # narrow: reads clip
+    with torch.no_grad():
+        cm(xg)
+    state.adc_range = full_scale  # nothing clips
+    g = torch.randn(4, 5)
+    (cm(xg) * g).sum().backward()
+    assert torch.allclose(xg.grad, g @ state.weight, atol=1e-6)
