@@ -179,18 +179,20 @@ class CimState(nn.Module):
             setattr(self.levels, CHIP_ATTR, chip)
         return self
 
-    def effective_weight(self) -> torch.Tensor:
-        """The weight `[N, K]` the programmed chip multiplies by (`weight`, or the read-back of levels regenerated
-        per call, `CHIP_ATTR`)."""
-        from nvcc_pt.targets.simulator import effective_weight
+    def stored_chip(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The effective weight and the levels as a stored chip holds them (`weight` and `levels`, or for levels
+        regenerated per call, `CHIP_ATTR`, both from one regeneration)."""
+        from nvcc_pt.targets.simulator import stored_chip
 
-        return effective_weight(self)
+        return stored_chip(self)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight `[N, K]` the programmed chip multiplies by (`stored_chip`)."""
+        return self.stored_chip()[0]
 
     def stored_levels(self) -> torch.Tensor:
-        """The programmed levels as stored (`levels`, or those regenerated per call, `CHIP_ATTR`)."""
-        from nvcc_pt.targets.simulator import stored_levels
-
-        return stored_levels(self)
+        """The programmed levels as stored (`stored_chip`)."""
+        return self.stored_chip()[1]
 
     def start_read_stream(self, seed: int, op_index: int) -> None:
         """Restart this op's read noise for a programmed instance (`ReadStream`)."""

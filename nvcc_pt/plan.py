@@ -121,7 +121,7 @@ def save_plan(plan: ExecutablePlan, path: str | Path, report: dict[str, Any] | N
     for k, v in (extra_tensors or {}).items():
         tensors[k] = v.detach().cpu().contiguous()
     for name, state in plan.states():
-        held = {"weight": state.effective_weight(), "levels": state.stored_levels()}  # as stored where regenerated
+        held = dict(zip(("weight", "levels"), state.stored_chip()))  # as stored where regenerated
         for buf in ("weight", *state.STATE):
             tensors[f"{name}.{buf}"] = held.get(buf, getattr(state, buf)).detach().cpu().contiguous()
     data, tensor_info = tensorfile.encode(tensors)

@@ -97,7 +97,8 @@ def export_onnx(cm, path: str | os.PathLike) -> Path:
     try:  # the file holds float32 levels (the values the simulator multiplies by; it stores them as float16), and
         # the effective weight and levels of chips the simulator regenerates per call
         for state, _, _ in held:
-            state.weight, state.levels = state.effective_weight(), state.stored_levels().float()
+            weight, levels = state.stored_chip()
+            state.weight, state.levels = weight, levels.float()
         model = _run_exporter(cm.graph_module, args, dynamic, input_names, output_names, calls)
         _outline(model, calls, cm.fidelity, {st.config["op"]: st for _, st in cm.plan.states()})
     finally:

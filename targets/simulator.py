@@ -200,29 +200,21 @@ def columns_weight(columns: torch.Tensor, scale: torch.Tensor, cfg: dict, k: int
     return read_back(programmed, cfg) * scale[:, None]
 
 
-def effective_weight(state: CimState) -> torch.Tensor:
-    """The weight `[N, K]` an op's programmed chip multiplies by: its stored `weight`, or for a `KeyedChip` (which
-    stores none) the read-back of its regenerated levels, in the source's dtype."""
+def stored_chip(state: CimState) -> tuple[torch.Tensor, torch.Tensor]:
+    """An op's effective weight `[N, K]` (the source's dtype) and levels as `program_state` stores them: its buffers,
+    or for a `KeyedChip` (which stores neither) its regenerated levels and their read-back, from one regeneration."""
     chip = getattr(state.levels, CHIP_ATTR, None)
     if chip is None:
-        return state.weight
+        return state.weight, state.levels
     columns = chip.columns(state.source, state.scale, state.config)
-    return columns_weight(columns, state.scale, state.config, state.source.shape[1]).to(state.source.dtype)
+    weight = columns_weight(columns, state.scale, state.config, state.source.shape[1]).to(state.source.dtype)
+    return weight, columns
 
 
 def store_chip(state: CimState) -> None:
     """Store a `KeyedChip`'s levels and effective weight in `state`'s buffers (where its calls do not regenerate)."""
-    chip = getattr(state.levels, CHIP_ATTR, None)
-    if chip is not None:
-        columns = chip.columns(state.source, state.scale, state.config)
-        state.weight = columns_weight(columns, state.scale, state.config, state.source.shape[1]).to(state.source.dtype)
-        state.levels = columns
-
-
-def stored_levels(state: CimState) -> torch.Tensor:
-    """An op's levels as `program_state` stores them: its `levels`, or a `KeyedChip`'s regenerated ones."""
-    chip = getattr(state.levels, CHIP_ATTR, None)
-    return state.levels if chip is None else chip.columns(state.source, state.scale, state.config)
+    if getattr(state.levels, CHIP_ATTR, None) is not None:
+        state.weight, state.levels = stored_chip(state)
 
 
 def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, op_index: int,

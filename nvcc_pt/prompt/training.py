@@ -27,7 +27,6 @@ from tqdm.auto import tqdm
 
 from nvcc_pt import validate as check
 from nvcc_pt.errors import InputError
-from nvcc_pt.ops import CHIP_ATTR
 from nvcc_pt.prompt.lamp import Example, LampTask
 from nvcc_pt.prompt.soft_prompt import SoftPromptLM
 from nvcc_pt.prompt.ssa import pool_tokens
@@ -127,14 +126,12 @@ class _OvtStore:
 
     def read_back(self, step: int) -> torch.Tensor:
         """The OVT as step `step`'s chip holds it, with a straight-through gradient to `param`."""
-        from nvcc_pt.training import bound_weights, reprogram
+        from nvcc_pt.training import reprogram
 
         reprogram(self.bank.cm, self.seed * 1_000_003 + step, self.censor)  # the OVT changed: write it again
-        if getattr(self.leaf.state.levels, CHIP_ATTR, None) is not None:  # no stored weight: read the chip back
-            live = self.leaf.param.as_strided(*self.leaf.view)
-            return self.leaf.state.effective_weight().detach() + (live - live.detach())
-        with bound_weights([self.leaf]):
-            return self.leaf.state.weight
+        eff = self.leaf.state.effective_weight()  # straight through, as `training.bound_weights` binds it
+        live = self.leaf.param.as_strided(*self.leaf.view)
+        return eff.detach() + (live - live.detach()).to(eff.dtype)
 
 
 def train_ovt(model: nn.Module, tokenizer, examples: Sequence[Example], *, n_virtual: int = 8,
