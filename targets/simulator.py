@@ -576,7 +576,8 @@ def _may_clip(planes: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, abo
     """
     cycles, b, k = planes.shape
     tiles = top.shape[0]
-    digits = F.pad(planes.abs(), (0, tiles * rows - k)).view(cycles, b, tiles, rows).sum(-1).amax((0, 1))
+    digits = F.pad(planes.abs(), (0, tiles * rows - k)).view(cycles, b, tiles, rows).sum(-1, dtype=torch.float32)
+    digits = digits.amax((0, 1))
     digits = digits * (1 + 1e-5)
     return bool(((digits * top >= above) | (-digits * bottom <= below)).any())
 
@@ -665,6 +666,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     if x.device.type == "cpu" and read <= 0 and not record_clips and not recording():
         kept = _kept_call(stored, adc_range, cfg, bit_serial, x.shape[-1])
     fused = _fused_kernels() if x.device.type == "cuda" and not recording() else None
+    fused = fused if fused is not None and fused.fits(cfg, bit_serial) else None  # float16 digits, exactly
     if kept is not None:
         g, levels, prepared = kept
     elif fused is not None:  # the kernel reads the stored levels
@@ -673,7 +675,8 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
         g, levels = _call_levels(stored, adc_range, cfg, bit_serial, x.shape[-1], read, scale)
     place_s = slice_places(cfg["cell_bits"], slices)  # on the host: `_place_sum` reads them, and a read from the
     # device would be a sync (which a CUDA graph cannot record)
-    cycles = len(input_planes(xi[:1], cfg, bit_serial)[1])
+    place_t = input_planes(xi[:1], cfg, bit_serial)[1]
+    cycles = len(place_t)
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"])
     clips: list[torch.Tensor] | None = [] if record_clips else None
     if fused is not None:  # the fused kernel keeps only each chunk's planes (float16), per-slice sums and clip flags
@@ -695,14 +698,16 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
             prepared = FusedAdc.prepare(levels, g, *digit_max(cfg, bit_serial)[::-1])
     out = []
     for start in range(0, xi.shape[0], chunk):
-        planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
-        if fused is not None:
+        if fused is not None:  # the DAC planes in one pass, as float16, with the digit sums flipped columns read
+            planes, digits = fused.dac_planes(xi[start:start + chunk], cfg, bit_serial, cfg["rows"],
+                                              digits=adc_at[4] is not None)
             flags = None
             if clips is not None and _may_clip(planes, *limits):
                 flags = torch.zeros(stored.shape[0], planes.shape[1], sn // slices, device=x.device, dtype=torch.int8)
                 clips.append(flags.view(torch.bool))  # already reduced over slices
-            acc = fused.crossbar_codes(planes, *hi_lo, place_t, *adc_at, clips=flags)
+            acc = fused.crossbar_codes(planes, *hi_lo, place_t, *adc_at, clips=flags, digits=digits)
         else:
+            planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
             acc = _tile_codes(planes, levels, g, cfg["op"], clips, prepared)
             if cycles > 1:  # shift-and-add over input cycles
                 acc = _place_sum(acc.view(cycles, -1, sn), place_t.cpu())

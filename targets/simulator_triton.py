@@ -196,14 +196,16 @@ def grid_arrays(g, tiles: int, sn: int, device: torch.device) -> tuple:
 def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | None, place_t: torch.Tensor,
                    inv_step: torch.Tensor, step: torch.Tensor, code_lo: torch.Tensor, code_hi: torch.Tensor,
                    flip: torch.Tensor | None, top: float, pow2: bool = False, round_add: bool = False,
-                   one_step: bool = False, clips: torch.Tensor | None = None) -> torch.Tensor:
+                   one_step: bool = False, clips: torch.Tensor | None = None,
+                   digits: torch.Tensor | None = None) -> torch.Tensor:
     """ADC outputs (in level units) summed over row tiles and shifted-and-added over cycles: `[B, S*N]` for planes
     `[T, B, K]`.
 
     `hi`, `lo`: the split levels `[R, rows, S*N]` (`split_levels`), or float16 levels and None, unflipped (columns
     marked in `flip` read as flipped: `top - level`); `place_t`: each cycle's place value `[T]`; the grid as
     `grid_arrays` gives it. `clips`, a zeroed int8 `[R, B, N]`, gets 1 where any cycle's read of a row tile, in any
-    slice, clipped (the gradient's mask).
+    slice, clipped (the gradient's mask). `digits`: the planes' digit sums per row tile `[T, B, R]` where `dac_planes`
+    gave them (else they are summed here where flipped columns need them).
     """
     cycles, batch, k = planes.shape
     tiles, rows, sn = hi.shape
@@ -212,8 +214,9 @@ def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | No
     p = planes.to(torch.float16).contiguous()
     y = torch.empty(batch, sn, device=planes.device, dtype=torch.float32)
     bk = max(16, triton.next_power_of_2(rows))
-    digits = y
-    if flip is not None:  # each cycle's digit sum over each row tile's rows: [T, B, R]
+    if flip is None:
+        digits = y
+    elif digits is None:  # each cycle's digit sum over each row tile's rows: [T, B, R]
         padded = planes if tiles * rows == k else torch.nn.functional.pad(planes, (0, tiles * rows - k))
         digits = padded.view(cycles, batch, tiles, rows).sum(-1, dtype=torch.float32).contiguous()
     grid = lambda meta: (triton.cdiv(batch, meta["BM"]), triton.cdiv(sn, meta["BN"]))  # noqa: E731
@@ -224,6 +227,77 @@ def crossbar_codes(planes: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor | No
                            POW2=pow2, SPLIT=lo is not None, ROUND_ADD=round_add,
                            ONE_STEP=one_step, BK=bk)
     return y
+
+
+ENCODINGS = {"one-cycle": 0, "two-phase": 1, "twos-complement": 2}
+"""How `dac_planes` turns an integer input into DAC digits, as `devices.input_planes` does."""
+
+
+@triton.jit
+def _dac_planes_kernel(x_ptr, p_ptr, dsum_ptr, B, K, R, ROWS, CYCLES, DAC, HALF, ENCODING: tl.constexpr,
+                       DIGITS: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr):
+    """Rows `BB` of input codes `x` `[B, K]` on one row tile: every cycle's digits (float16) into `p` `[T, B, K]` and,
+    with DIGITS, their sum over the tile's rows into `dsum` `[T, B, R]`.
+
+    `ENCODING` 0 applies the signed code in one cycle; 1 (two-phase) the digits of the positive entries in cycles
+    `0 .. CYCLES-1` and of the negative ones' magnitudes in the next `CYCLES`; 2 (two's complement) the digits of
+    the low bits of the code (`x + HALF` for negative `x`), then the sign bit.
+    """
+    rb = tl.program_id(0) * BB + tl.arange(0, BB)
+    r = tl.program_id(1)
+    k = r * ROWS + tl.arange(0, BK)
+    ok = (rb < B)[:, None] & ((tl.arange(0, BK) < ROWS) & (k < K))[None, :]
+    x = tl.load(x_ptr + rb[:, None].to(tl.int64) * K + k[None, :], mask=ok, other=0.0).to(tl.int32)
+    at = rb[:, None].to(tl.int64) * K + k[None, :]
+    mask = (1 << DAC) - 1
+    if ENCODING == 0:
+        tl.store(p_ptr + at, x.to(tl.float16), mask=ok)
+        if DIGITS:
+            tl.store(dsum_ptr + rb * R + r, tl.sum(x.to(tl.float32), axis=1), mask=rb < B)
+    else:
+        for t in range(2 * CYCLES if ENCODING == 1 else CYCLES + 1):
+            if ENCODING == 1:
+                second = t >= CYCLES
+                source = tl.maximum(tl.where(second, -x, x), 0)
+                digit = (source >> (DAC * (t - CYCLES * second.to(tl.int32)))) & mask
+            else:
+                low = tl.where(x < 0, x + HALF, x)
+                digit = tl.where(t == CYCLES, (x < 0).to(tl.int32), (low >> (DAC * t)) & mask)
+            plane = t.to(tl.int64) * B * K
+            tl.store(p_ptr + plane + at, digit.to(tl.float16), mask=ok)
+            if DIGITS:
+                tl.store(dsum_ptr + (t * B + rb) * R + r, tl.sum(digit.to(tl.float32), axis=1), mask=rb < B)
+
+
+def dac_planes(xi: torch.Tensor, cfg: dict, bit_serial: bool, rows: int,
+               digits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`devices.input_planes` of integer codes `xi` `[B, K]` as float16 `[T, B, K]`, in one pass; with `digits`, also
+    each plane's digit sum over each row tile `[T, B, R]` (float32), which flipped columns read. The codes must be
+    exact in float16 (at most 2048 in magnitude), as `fits` checks."""
+    b, k = xi.shape
+    bits, dac = cfg["input_bits"], cfg["dac_bits"]
+    if not bit_serial or dac >= bits:
+        encoding, cycles, planes = 0, 1, 1
+    else:
+        encoding = ENCODINGS["twos-complement" if cfg.get("input_encoding") == "twos-complement" else "two-phase"]
+        cycles = -(-(bits - 1) // dac)
+        planes = 2 * cycles if encoding == 1 else cycles + 1
+    tiles = -(-k // rows)
+    p = torch.empty(planes, b, k, device=xi.device, dtype=torch.float16)
+    sums = torch.empty(planes, b, tiles, device=xi.device, dtype=torch.float32) if digits else None
+    bk = triton.next_power_of_2(rows)
+    bb = max(1, min(16, 4096 // bk))
+    _dac_planes_kernel[(triton.cdiv(b, bb), tiles)](xi.contiguous(), p, p if sums is None else sums, b, k, tiles, rows,
+                                                    cycles, dac, 2 ** (bits - 1), ENCODING=encoding, DIGITS=digits,
+                                                    BB=bb, BK=bk, num_warps=4)
+    return p, sums
+
+
+def fits(cfg: dict, bit_serial: bool) -> bool:
+    """Whether the crossbar kernel takes this op's DAC digits exactly (float16 holds integers up to 2048)."""
+    bits, dac = cfg["input_bits"], cfg["dac_bits"]
+    largest = 2 ** (bits - 1) - 1 if not bit_serial or dac >= bits else 2**dac - 1
+    return largest <= MAX_SPLIT_CODE
 
 
 @triton.jit

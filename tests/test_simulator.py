@@ -179,6 +179,7 @@ CASES = [
                     "extra": (("input_encoding", "twos-complement"),)}),
     ("bit-serial", {"adc_range": "exact", "sign": "offset", "dac_bits": 2, "sigma": 0.03}),
     ("bit-serial", {"adc_range": "exact", "sigma": 0.03}),
+    ("adc", {"input_bits": 14, "sigma": 0.02}),  # codes beyond float16's integers: the GPU takes the float32 path
 ]
 
 
@@ -195,6 +196,28 @@ def test_cuda_fused_paths_match_reference(fidelity, changes):
     model, x, cm = _compile(_spec(**changes), fidelity, seed=3)
     fast, ref = first_layer(cm, model, x, 3, fidelity, device="cuda")
     assert_close(fast, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("encoding", "dac_bits", "input_bits", "bit_serial"), [
+    ("two-phase", 1, 8, True), ("two-phase", 3, 8, True), ("twos-complement", 1, 8, True),
+    ("twos-complement", 3, 7, True), ("two-phase", 8, 8, False), ("two-phase", 2, 12, True)])
+def test_cuda_dac_planes_are_the_input_planes(encoding, dac_bits, input_bits, bit_serial):
+    from nvcc_pt.targets import simulator_triton
+    from nvcc_pt.targets.devices import input_planes
+
+    cfg = {"input_bits": input_bits, "dac_bits": dac_bits, "input_encoding": encoding}
+    top = 2 ** (input_bits - 1) - 1
+    xi = torch.randint(-top, top + 1, (19, 45), generator=torch.Generator().manual_seed(0)).float()
+    xi[0] = 0
+    xi[1, :5] = torch.tensor([top, -top, 1, -1, 0])
+    want, _ = input_planes(xi, cfg, bit_serial)
+    rows, tiles = 16, 3  # 45 inputs on 16-row tiles: the last tile holds 13
+    sums = torch.nn.functional.pad(want, (0, tiles * rows - 45)).view(len(want), 19, tiles, rows).sum(-1)
+    planes, digits = simulator_triton.dac_planes(xi.cuda(), cfg, bit_serial, rows, digits=True)
+    assert planes.dtype == torch.float16
+    assert torch.equal(planes.float().cpu(), want)
+    assert torch.equal(digits.cpu(), sums)
 
 
 def test_calibrated_adc_matches_reference():
