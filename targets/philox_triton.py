@@ -14,7 +14,7 @@ import triton.language as tl
 BLOCK = 1024
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "first", "start", "n"])  # a new seed must not compile a new variant
 def _draw_kernel(out_ptr, seed, first, start, n, NORMAL: tl.constexpr, BLOCK: tl.constexpr):
     """Counters `first + ...`, four draws each (`randn4x`/`rand4x`); draw `4 c + j` goes to `out[4 c + j - start]`."""
     counter = first + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

@@ -435,7 +435,7 @@ def _programmed_cell(mag, shift, base, k0, sig_ptr, seed_var, seed_drift, seed_f
     return value
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_var", "seed_drift", "seed_fault"])  # each chip's seeds, one compiled kernel
 def _keyed_columns_kernel(w_ptr, scale_ptr, sig_ptr, out_ptr, seed_var, seed_drift, seed_fault, N, K, SN,
                           ROWS_PAD, stride_n, stride_k, qmax, offset, cell_bits, mask_top, top, ratio, nu_mean,
                           nu_rel, g_min, stuck_low, stuck_high, DIFFERENTIAL: tl.constexpr, DRIFT: tl.constexpr,
