@@ -63,6 +63,7 @@ from nvcc_pt.targets.devices import (
     levels_dtype,
     levels_of,
     magnitudes,
+    per_weight_std,
     program_levels,
     quantize_input_int,
     quantize_weight,
@@ -156,6 +157,10 @@ class KeyedChip:
         if fused is None:  # the torch ops, as `program_state` stores them
             codes = weight_codes(weight, cfg)[0]
             return _programmed_columns(levels_of(codes, cfg), codes, scale, self, cfg)[1]
+        return self.kernel_columns(fused, weight, scale, cfg)
+
+    def kernel_columns(self, fused, weight: torch.Tensor, scale: torch.Tensor, cfg: dict) -> torch.Tensor:
+        """`columns` from the Triton pass of the kernel module `fused` (`simulator_triton.keyed_columns`)."""
         key = op_generator(self.seed, self.op)
         top = 2 ** cfg["cell_bits"] - 1
         found = (self.noise.level_sigmas, top, str(weight.device))
@@ -169,7 +174,25 @@ class KeyedChip:
         if self.noise.stuck_at_gmin or self.noise.stuck_at_gmax:
             stuck = (self.noise.stuck_at_gmin, self.noise.stuck_at_gmax)
         seeds = (key.stream_seed(VARIATION), key.stream_seed(DRIFT), key.stream_seed(FAULT))
-        return fused.keyed_columns(weight, scale, sigmas, seeds, cfg, drift, stuck)
+        per_weight = self._per_weight(weight, scale, cfg) if self.noise.variation == "per-weight" else None
+        return fused.keyed_columns(weight, scale, sigmas, seeds, cfg, drift, stuck, per_weight)
+
+    def _per_weight(self, weight: torch.Tensor, scale: torch.Tensor, cfg: dict) -> tuple:
+        """What the kernel needs of `devices.weight_variation` beyond the weight: max|W| of the quantized weight and each
+        row's largest |code| (from one reduction: rounding is monotone, so a row's largest code is its largest
+        weight's), each slice's share of a deviation, and the float32 constants as the torch ops round them."""
+        qmax = 2 ** (cfg["weight_bits"] - 1) - 1
+        peak = torch.round(weight.detach().float().abs().amax(1) / scale).clamp_(max=qmax)
+        w_top = (peak * scale).amax()
+        found = ("share", cfg["cell_bits"], cfg["slices"], str(weight.device))
+        if found not in _SIGMAS:
+            places = slice_places(cfg["cell_bits"], cfg["slices"])
+            _SIGMAS[found] = (places / (places**2).sum()).to(weight.device)
+        factor = self.noise.band_factor
+        norm = math.sqrt(0.4 * factor**2 + 0.6)
+        f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731
+        return (w_top, peak, _SIGMAS[found], f32(per_weight_std(self.noise.sigma, cfg["cell_bits"], cfg["slices"])),
+                f32(factor / norm), f32(1.0 / norm))
 
 
 _SIGMAS: dict[tuple, torch.Tensor] = {}
@@ -177,8 +200,7 @@ _SIGMAS: dict[tuple, torch.Tensor] = {}
 
 def regenerates(noise: NoiseInfo, fidelity: str, source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
     """Whether `program_state` keeps the op's chip as a `KeyedChip` instead of its levels (`REGENERATE_LEVELS`)."""
-    return (REGENERATE_LEVELS and fidelity in CROSSBAR and source.is_cuda and noise.variation == "per-cell"
-            and censor is None and levels_dtype(cfg["cell_bits"]) == torch.float16 and _fused_kernels() is not None)
+    return (REGENERATE_LEVELS and fidelity in CROSSBAR and source.is_cuda and censor is None and levels_dtype(cfg["cell_bits"]) == torch.float16 and _fused_kernels() is not None)
 
 
 def _programmed_columns(levels: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, chip: KeyedChip,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from nvcc_pt.targets.devices import TINY
 from triton.language.extra import libdevice
 
 CONFIGS = [
@@ -234,7 +235,7 @@ ENCODINGS = {"one-cycle": 0, "two-phase": 1, "twos-complement": 2}
 
 
 @triton.jit
-def _dac_planes_kernel(x_ptr, p_ptr, dsum_ptr, B, K, R, ROWS, CYCLES, DAC, HALF, ENCODING: tl.constexpr,
+def _dac_planes_kernel(x_ptr, p_ptr, dsum_ptr, B, K, R, ROWS, T, CYCLES, DAC, HALF, ENCODING: tl.constexpr,
                        DIGITS: tl.constexpr, BB: tl.constexpr, BK: tl.constexpr):
     """Rows `BB` of input codes `x` `[B, K]` on one row tile: every cycle's digits (float16) into `p` `[T, B, K]` and,
     with DIGITS, their sum over the tile's rows into `dsum` `[T, B, R]`.
@@ -255,7 +256,7 @@ def _dac_planes_kernel(x_ptr, p_ptr, dsum_ptr, B, K, R, ROWS, CYCLES, DAC, HALF,
         if DIGITS:
             tl.store(dsum_ptr + rb * R + r, tl.sum(x.to(tl.float32), axis=1), mask=rb < B)
     else:
-        for t in range(2 * CYCLES if ENCODING == 1 else CYCLES + 1):
+        for t in range(T):  # 2 * CYCLES two-phase, CYCLES + 1 two's complement
             if ENCODING == 1:
                 second = t >= CYCLES
                 source = tl.maximum(tl.where(second, -x, x), 0)
@@ -263,7 +264,7 @@ def _dac_planes_kernel(x_ptr, p_ptr, dsum_ptr, B, K, R, ROWS, CYCLES, DAC, HALF,
             else:
                 low = tl.where(x < 0, x + HALF, x)
                 digit = tl.where(t == CYCLES, (x < 0).to(tl.int32), (low >> (DAC * t)) & mask)
-            plane = t.to(tl.int64) * B * K
+            plane = tl.cast(t, tl.int64) * B * K
             tl.store(p_ptr + plane + at, digit.to(tl.float16), mask=ok)
             if DIGITS:
                 tl.store(dsum_ptr + (t * B + rb) * R + r, tl.sum(digit.to(tl.float32), axis=1), mask=rb < B)
@@ -288,7 +289,8 @@ def dac_planes(xi: torch.Tensor, cfg: dict, bit_serial: bool, rows: int,
     bk = triton.next_power_of_2(rows)
     bb = max(1, min(16, 4096 // bk))
     _dac_planes_kernel[(triton.cdiv(b, bb), tiles)](xi.contiguous(), p, p if sums is None else sums, b, k, tiles, rows,
-                                                    cycles, dac, 2 ** (bits - 1), ENCODING=encoding, DIGITS=digits,
+                                                    planes, cycles, dac, 2 ** (bits - 1), ENCODING=encoding,
+                                                    DIGITS=digits,
                                                     BB=bb, BK=bk, num_warps=4)
     return p, sums
 
@@ -416,14 +418,18 @@ def _draws(seed, base, k0, NORMAL: tl.constexpr, SHARED: tl.constexpr, BK: tl.co
 
 @triton.jit
 def _programmed_cell(mag, shift, base, k0, sig_ptr, seed_var, seed_drift, seed_fault, mask_top, top, ratio, nu_mean,
-                     nu_rel, g_min, stuck_low, stuck_high, DRIFT: tl.constexpr, FAULTS: tl.constexpr,
-                     SHARED: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr):
-    """Cells `base[c] + k0 + i`'s programmed levels, as `devices.program_levels` computes them for per-cell variation:
-    each operation rounded on its own, as the torch ops round."""
+                     nu_rel, g_min, stuck_low, stuck_high, spread, PER_WEIGHT: tl.constexpr, DRIFT: tl.constexpr,
+                     FAULTS: tl.constexpr, SHARED: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr):
+    """Cells `base[c] + k0 + i`'s programmed levels, as `devices.program_levels` computes them, each operation rounded
+    on its own as the torch ops round: per-cell variation drawn here, or (PER_WEIGHT) the cell's share `spread` of its
+    weight's deviation added; then drift and faults, drawn per cell."""
     level = (mag >> shift) & mask_top
-    sigma = tl.load(sig_ptr + level)
-    z = _draws(seed_var, base, k0, True, SHARED, BK, BC)
-    value = libdevice.add_rn(libdevice.mul_rn(sigma, z), level.to(tl.float32))
+    if PER_WEIGHT:
+        value = libdevice.add_rn(level.to(tl.float32), spread)
+    else:
+        sigma = tl.load(sig_ptr + level)
+        z = _draws(seed_var, base, k0, True, SHARED, BK, BC)
+        value = libdevice.add_rn(libdevice.mul_rn(sigma, z), level.to(tl.float32))
     if DRIFT:
         nu = libdevice.add_rn(1.0, libdevice.mul_rn(nu_rel, _draws(seed_drift, base, k0, True, SHARED, BK, BC)))
         nu = libdevice.mul_rn(nu_mean, tl.maximum(nu, 0.0))
@@ -438,9 +444,16 @@ def _programmed_cell(mag, shift, base, k0, sig_ptr, seed_var, seed_drift, seed_f
 @triton.jit(do_not_specialize=["seed_var", "seed_drift", "seed_fault"])  # each chip's seeds, one compiled kernel
 def _keyed_columns_kernel(w_ptr, scale_ptr, sig_ptr, out_ptr, seed_var, seed_drift, seed_fault, N, K, SN,
                           ROWS_PAD, stride_n, stride_k, qmax, offset, cell_bits, mask_top, top, ratio, nu_mean,
-                          nu_rel, g_min, stuck_low, stuck_high, DIFFERENTIAL: tl.constexpr, DRIFT: tl.constexpr,
+                          nu_rel, g_min, stuck_low, stuck_high, w_top_ptr, peak_ptr, share_ptr, weight_std, band_in,
+                          band_out, tiny, DIFFERENTIAL: tl.constexpr, PER_WEIGHT: tl.constexpr, DRIFT: tl.constexpr,
                           FAULTS: tl.constexpr, SHARED: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr):
-    """out[k, s * N + n]: the float16 column level of slice s of output n on input row k (0 on padding rows)."""
+    """out[k, s * N + n]: the float16 column level of slice s of output n on input row k (0 on padding rows).
+
+    PER_WEIGHT: one deviation per weight (`devices.weight_variation`: a normal from the variation stream at the
+    weight's flat index, times `weight_std * max|W| * band / scale`, zero on rows whose codes are all zero), spread
+    over the cells that hold the weight by each slice's share (`devices.spread_over_cells`). `w_top_ptr` holds
+    max|W| of the quantized weight, `peak_ptr` each row's largest |code|, `share_ptr` each slice's share.
+    """
     k0 = tl.program_id(0) * BK
     rk = k0 + tl.arange(0, BK)
     rc = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -451,21 +464,37 @@ def _keyed_columns_kernel(w_ptr, scale_ptr, sig_ptr, out_ptr, seed_var, seed_dri
     w = tl.load(w_ptr + n[None, :].to(tl.int64) * stride_n + rk[:, None].to(tl.int64) * stride_k, mask=ok, other=0.0)
     scale = tl.load(scale_ptr + n, mask=c_ok, other=1.0)[None, :]
     code = tl.minimum(tl.maximum(libdevice.rint(libdevice.div_rn(w.to(tl.float32), scale)), -qmax), qmax)
+    plus_spread, minus_spread = 0.0, 0.0
+    if PER_WEIGHT:
+        w_top = tl.load(w_top_ptr)
+        ratio_w = libdevice.div_rn(tl.abs(libdevice.mul_rn(code, scale)), w_top)
+        band = tl.where((ratio_w > 0.25) & (ratio_w < 0.75), band_in, band_out)
+        std = libdevice.mul_rn(weight_std * w_top, band)  # (std per max|W| * max|W|) * band, as torch rounds it
+        z = _draws(seed_var, n.to(tl.int64) * K, k0, True, SHARED, BK, BC)
+        deviation = libdevice.div_rn(libdevice.mul_rn(z, std), tl.maximum(scale, tiny))
+        live = tl.load(peak_ptr + n, mask=c_ok, other=0.0)[None, :] > 0
+        deviation = tl.where(live, deviation, 0.0)
+        share = tl.load(share_ptr + s, mask=c_ok, other=0.0)[None, :]
+        if DIFFERENTIAL:
+            plus_spread = libdevice.mul_rn(tl.where(code < 0, 0.0, deviation), share)
+            minus_spread = libdevice.mul_rn(tl.where(code < 0, -deviation, 0.0), share)
+        else:
+            plus_spread = libdevice.mul_rn(deviation, share)
     code = code.to(tl.int32)
     shift = (s * cell_bits)[None, :]
     base = (s.to(tl.int64) * N + n) * K  # flat index of (sign 0, s, n, k = 0) in [P, S, N, K]
     if DIFFERENTIAL:
         plus = _programmed_cell(tl.maximum(code, 0), shift, base, k0, sig_ptr, seed_var, seed_drift, seed_fault,
-                                mask_top, top, ratio, nu_mean, nu_rel, g_min, stuck_low, stuck_high, DRIFT, FAULTS,
-                                SHARED, BK, BC)
-        minus = _programmed_cell(tl.maximum(-code, 0), shift, base + (SN // N) * N * K.to(tl.int64), k0, sig_ptr,
+                                mask_top, top, ratio, nu_mean, nu_rel, g_min, stuck_low, stuck_high, plus_spread,
+                                PER_WEIGHT, DRIFT, FAULTS, SHARED, BK, BC)
+        minus = _programmed_cell(tl.maximum(-code, 0), shift, base + (SN // N) * N * tl.cast(K, tl.int64), k0, sig_ptr,
                                  seed_var, seed_drift, seed_fault, mask_top, top, ratio, nu_mean, nu_rel, g_min,
-                                 stuck_low, stuck_high, DRIFT, FAULTS, SHARED, BK, BC)
+                                 stuck_low, stuck_high, minus_spread, PER_WEIGHT, DRIFT, FAULTS, SHARED, BK, BC)
         column = libdevice.sub_rn(plus, minus)
     else:
         column = _programmed_cell(code + offset, shift, base, k0, sig_ptr, seed_var, seed_drift, seed_fault, mask_top,
-                                  top, ratio, nu_mean, nu_rel, g_min, stuck_low, stuck_high, DRIFT, FAULTS, SHARED,
-                                  BK, BC)
+                                  top, ratio, nu_mean, nu_rel, g_min, stuck_low, stuck_high, plus_spread, PER_WEIGHT,
+                                  DRIFT, FAULTS, SHARED, BK, BC)
     column = tl.where(ok, column, 0.0)
     tl.store(out_ptr + rk[:, None].to(tl.int64) * SN + rc[None, :], column.to(tl.float16),
              mask=(rk < ROWS_PAD)[:, None] & c_ok[None, :])
@@ -473,13 +502,16 @@ def _keyed_columns_kernel(w_ptr, scale_ptr, sig_ptr, out_ptr, seed_var, seed_dri
 
 def keyed_columns(weight: torch.Tensor, scale: torch.Tensor, sigmas: torch.Tensor, seeds: tuple[int, int, int],
                   cfg: dict, drift: tuple[float, float, float, float] | None,
-                  stuck: tuple[float, float] | None) -> torch.Tensor:
+                  stuck: tuple[float, float] | None, per_weight: tuple | None = None) -> torch.Tensor:
     """A chip's float16 column levels `[R, rows, S*N]` regenerated from the weight `[N, K]` and the chip's key, what
-    `program_state` stores for per-cell variation (`simulator.KeyedChip`), in one pass.
+    `program_state` stores, in one pass.
 
     `sigmas`: the per-level sigma in level steps `[2^cell_bits]` (float32); `seeds`: the variation, drift and fault
     streams' Philox seeds (`ChipKey.stream_seed`); `drift`: (time over t0, mean nu, nu's relative spread, G_min in
-    levels) or None; `stuck`: the stuck-at-G_min and stuck-at-G_max probabilities, or None.
+    levels) or None; `stuck`: the stuck-at-G_min and stuck-at-G_max probabilities, or None. `per_weight`, for
+    per-weight variation instead of per-cell: (max|W| of the quantized weight as a 0-d tensor, each row's largest
+    |code| `[N]`, each slice's share `[S]`, the deviation's std per max|W|, the band's factor inside and outside it,
+    all as float32 tensors or float32-rounded numbers).
     """
     n, k = weight.shape
     slices, rows, cell_bits = cfg["slices"], cfg["rows"], cfg["cell_bits"]
@@ -487,12 +519,15 @@ def keyed_columns(weight: torch.Tensor, scale: torch.Tensor, sigmas: torch.Tenso
     out = torch.empty(rows_pad, sn, device=weight.device, dtype=torch.float16)
     ratio, nu_mean, nu_rel, g_min = drift if drift is not None else (1.0, 0.0, 0.0, 0.0)
     low, high = stuck if stuck is not None else (0.0, 0.0)
+    w_top, peak, share, weight_std, band_in, band_out = per_weight if per_weight is not None else (
+        sigmas, sigmas, sigmas, 0.0, 0.0, 0.0)
     bk, bc = 32, 64
     grid = (triton.cdiv(rows_pad, bk), triton.cdiv(sn, bc))
     _keyed_columns_kernel[grid](weight, scale.float().contiguous(), sigmas, out, *seeds, n, k, sn, rows_pad,
                                 weight.stride(0), weight.stride(1), float(2 ** (cfg["weight_bits"] - 1) - 1),
                                 2 ** (cfg["weight_bits"] - 1), cell_bits, 2**cell_bits - 1, float(2**cell_bits - 1),
-                                ratio, nu_mean, nu_rel, g_min, low, 1.0 - high,
-                                DIFFERENTIAL=cfg["sign"] == "differential", DRIFT=drift is not None,
+                                ratio, nu_mean, nu_rel, g_min, low, 1.0 - high, w_top, peak, share, weight_std,
+                                band_in, band_out, TINY, DIFFERENTIAL=cfg["sign"] == "differential",
+                                PER_WEIGHT=per_weight is not None, DRIFT=drift is not None,
                                 FAULTS=stuck is not None, SHARED=k % 4 == 0, BK=bk, BC=bc, num_warps=4)
     return out.view(rows_pad // rows, rows, sn)

@@ -223,6 +223,8 @@ KEYED = [
     ("reram-128x128", {"sign": "differential", "cell_bits": 1, "stuck_at_gmin": 0.02, "stuck_at_gmax": 0.01}),
     ("reram-256x256", {"cell_bits": 4}),  # differential, 4-bit cells
     ("pcm-256x256", {}),  # drift (programmed at a later time) and read noise
+    ("rram4-128x128", {}),  # per-weight variation (the NVCiM-PT group's model), differential
+    ("fefet2-128x128", {"sign": "offset", "stuck_at_gmax": 0.02}),  # per-weight, offset weights, faults
 ]
 
 
@@ -254,7 +256,8 @@ def _regenerated_and_stored(target, changes, fidelity="bit-serial", device="cuda
     return model, x, keyed, stored
 
 
-def test_a_regenerated_chip_serves_every_user_path(tmp_path, monkeypatch):
+@pytest.mark.parametrize("target", ["reram-128x128", "rram4-128x128"])
+def test_a_regenerated_chip_serves_every_user_path(tmp_path, monkeypatch, target):
     """Every path that reads a chip (forward, gradient, analysis, plan files, ONNX, Monte Carlo) gives what the stored
     chip gives. A GPU regenerates the levels in a Triton pass; here the torch draws stand in for it on the CPU."""
     import onnxruntime as ort
@@ -265,11 +268,11 @@ def test_a_regenerated_chip_serves_every_user_path(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(37, 48), torch.nn.ReLU(), torch.nn.Linear(48, 9))
-    spec = nvcc_pt.get_target("reram-128x128").replace(rows=16, cols=16, stuck_at_gmin=0.01)
+    spec = nvcc_pt.get_target(target).replace(rows=16, cols=16, stuck_at_gmin=0.01)
     x = torch.randn(5, 37)
     stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
     monkeypatch.setattr(simulator, "regenerates", lambda noise, fidelity, source, cfg, censor: (
-        fidelity in simulator.CROSSBAR and noise.variation == "per-cell" and censor is None))
+        fidelity in simulator.CROSSBAR and censor is None))
     keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
     assert all(getattr(s.levels, CHIP_ATTR, None) is not None for _, s in keyed.plan.states())
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -302,13 +305,14 @@ def test_a_regenerated_chip_serves_every_user_path(tmp_path, monkeypatch):
     assert getattr(keyed.plan.states()[0][1].levels, CHIP_ATTR, None) is not None  # the export put the chip back
 
 
-def test_a_keyed_chip_rebuilds_the_stored_levels_on_the_cpu():
+@pytest.mark.parametrize("target", ["reram-128x128", "rram4-128x128"])
+def test_a_keyed_chip_rebuilds_the_stored_levels_on_the_cpu(target):
     """`KeyedChip.columns` off the GPU (what a regenerated chip stores when it leaves the GPU) is the stored chip."""
     from nvcc_pt.targets.simulator import KeyedChip
 
     from nvcc_pt import meta
 
-    cm = _chip(fidelity="bit-serial", sigma=0.05, stuck_at_gmin=0.01)
+    cm = _chip(fidelity="bit-serial", target=target, sigma=0.05, stuck_at_gmin=0.01)
     for i, (name, state) in enumerate(cm.plan.states()):
         chip = KeyedChip(0, i, cm.plan.records[name][meta.NOISE], None, 0.0, cm.target.device.drift_t0_s)
         assert torch.equal(chip.columns(state.source, state.scale, state.config), state.levels)

@@ -1,0 +1,88 @@
+"""Run by `test_triton_interpreter.py` in a process of its own with `TRITON_INTERPRET=1`: the simulator's Triton
+kernels executed by Triton's interpreter (numpy on the CPU) against the torch ops they stand in for. Prints one
+JSON object per check.
+
+The interpreter has no libdevice; the functions the kernels use stand in as the float32 numpy operations they
+are (IEEE-rounded division, multiplication and addition; rounding half to even by adding and subtracting
+1.5 * 2^23, exact for the codes here, all below 2^22).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+
+from triton.language.extra import libdevice  # noqa: E402
+
+libdevice.div_rn = lambda a, b, **_: a / b
+libdevice.mul_rn = lambda a, b, **_: a * b
+libdevice.add_rn = lambda a, b, **_: a + b
+libdevice.sub_rn = lambda a, b, **_: a - b
+libdevice.rint = lambda a, **_: (a + 12582912.0) - 12582912.0
+
+from triton.runtime import interpreter  # noqa: E402
+
+_patch_tensor = interpreter._patch_lang_tensor
+
+
+def _patch_tensor_index(tensor, scope) -> None:
+    """The interpreter's scalars are one-element arrays, which numpy 2 no longer turns into an int: index by the
+    element (a loop bound such as `range(T)`)."""
+    _patch_tensor(tensor, scope)
+    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+
+interpreter._patch_lang_tensor = _patch_tensor_index
+
+import torch  # noqa: E402
+from nvcc_pt.targets import simulator_triton  # noqa: E402
+from nvcc_pt.targets.devices import input_planes  # noqa: E402
+from nvcc_pt.targets.simulator import KeyedChip  # noqa: E402
+
+import nvcc_pt  # noqa: E402
+from nvcc_pt import meta  # noqa: E402
+
+CHIPS = [
+    ("reram-128x128", {}),  # per-cell, offset weights
+    ("reram-128x128", {"sign": "differential", "cell_bits": 1, "stuck_at_gmin": 0.02, "stuck_at_gmax": 0.01}),
+    ("rram4-128x128", {}),  # per-weight, differential
+    ("fefet2-128x128", {"sign": "offset", "stuck_at_gmax": 0.02, "sigma": 0.3}),  # per-weight, offset, faults
+]
+
+
+def keyed_chips() -> None:
+    """`keyed_columns` regenerates what `program_state` stored, per op, for each device model."""
+    for target, changes in CHIPS:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(37, 48), torch.nn.ReLU(), torch.nn.Linear(48, 9))
+        with torch.no_grad():
+            model[0].weight[3] = 0  # a row of zeros: no conductance scale, no deviation
+        spec = nvcc_pt.get_target(target).replace(rows=16, cols=16, **changes)
+        cm = nvcc_pt.compile(model, target=spec, example_inputs=(torch.randn(5, 37),), fidelity="bit-serial", seed=3)
+        for i, (name, state) in enumerate(cm.plan.states()):
+            chip = KeyedChip(3, i, cm.plan.records[name][meta.NOISE], None, 0.0, cm.target.device.drift_t0_s)
+            got = chip.kernel_columns(simulator_triton, state.source, state.scale, state.config)
+            print(json.dumps({"check": f"keyed {target} {sorted(changes)} {name}", "variation": chip.noise.variation,
+                              "equal": torch.equal(got, state.levels),
+                              "cells_apart": int((got != state.levels).sum())}), flush=True)
+
+
+def dac_planes() -> None:
+    """`dac_planes` gives `devices.input_planes` and the digit sums per row tile."""
+    for encoding, dac, bits, bit_serial in [("two-phase", 1, 8, True), ("twos-complement", 3, 7, True),
+                                            ("two-phase", 8, 8, False)]:
+        cfg = {"input_bits": bits, "dac_bits": dac, "input_encoding": encoding}
+        top = 2 ** (bits - 1) - 1
+        xi = torch.randint(-top, top + 1, (19, 45), generator=torch.Generator().manual_seed(0)).float()
+        want, _ = input_planes(xi, cfg, bit_serial)
+        sums = torch.nn.functional.pad(want, (0, 3)).view(len(want), 19, 3, 16).sum(-1)
+        planes, digits = simulator_triton.dac_planes(xi, cfg, bit_serial, 16, digits=True)
+        print(json.dumps({"check": f"planes {encoding} dac {dac} bits {bits}", "equal": torch.equal(
+            planes.float(), want) and torch.equal(digits, sums)}), flush=True)
+
+
+if __name__ == "__main__":
+    keyed_chips()
+    dac_planes()
