@@ -101,7 +101,7 @@ def _quantize(x: torch.Tensor, bits: int, dequantize: bool,
     On CUDA one fused kernel reads `x` once, and can write the codes as `dtype`; elsewhere, or for rows
     too long for it, the torch ops (codes in float32).
     """
-    fused = _fused_kernels() if x.device.type == "cuda" and x.dtype == torch.float32 else None
+    fused = kernels_for(x) if x.dtype == torch.float32 else None
     if fused is not None and x.dim() == 2 and x.shape[-1] <= fused.MAX_QUANTIZE_ROW and x.is_contiguous():
         return fused.quantize_rows(x, 2 ** (bits - 1) - 1, TINY, dequantize, dtype)
     xi, scale = quantize_input_int(x, bits)
@@ -153,7 +153,7 @@ class KeyedChip:
 
     def columns(self, weight: torch.Tensor, scale: torch.Tensor, cfg: dict) -> torch.Tensor:
         """The float16 levels `[R, rows, S*N]` of the chip programmed from `weight` `[N, K]` with `scale` `[N]`."""
-        fused = _fused_kernels() if weight.is_cuda else None
+        fused = kernels_for(weight)
         if fused is None:  # the torch ops, as `program_state` stores them
             codes = weight_codes(weight, cfg)[0]
             return _programmed_columns(levels_of(codes, cfg), codes, scale, self, cfg)[1]
@@ -200,7 +200,8 @@ _SIGMAS: dict[tuple, torch.Tensor] = {}
 
 def regenerates(noise: NoiseInfo, fidelity: str, source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
     """Whether `program_state` keeps the op's chip as a `KeyedChip` instead of its levels (`REGENERATE_LEVELS`)."""
-    return (REGENERATE_LEVELS and fidelity in CROSSBAR and source.is_cuda and censor is None and levels_dtype(cfg["cell_bits"]) == torch.float16 and _fused_kernels() is not None)
+    return (REGENERATE_LEVELS and fidelity in CROSSBAR and censor is None
+            and levels_dtype(cfg["cell_bits"]) == torch.float16 and kernels_for(source) is not None)
 
 
 def _programmed_columns(levels: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, chip: KeyedChip,
@@ -481,6 +482,12 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 _FUSED = None
 
 
+def kernels_for(t: torch.Tensor):
+    """The Triton kernels (`simulator_triton`) that serve tensors on `t`'s device: on a CUDA GPU where Triton is
+    installed; else None, and the torch ops serve."""
+    return _fused_kernels() if t.device.type == "cuda" else None
+
+
 def _fused_kernels():
     """The Triton kernels of `simulator_triton`, or None where Triton is not installed."""
     global _FUSED
@@ -687,7 +694,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     kept = None
     if x.device.type == "cpu" and read <= 0 and not record_clips and not recording():
         kept = _kept_call(stored, adc_range, cfg, bit_serial, x.shape[-1])
-    fused = _fused_kernels() if x.device.type == "cuda" and not recording() else None
+    fused = kernels_for(x) if not recording() else None
     fused = fused if fused is not None and fused.fits(cfg, bit_serial) else None  # float16 digits, exactly
     if kept is not None:
         g, levels, prepared = kept
@@ -802,7 +809,7 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     scale, levels, adc_range = state
     if fidelity in ("quantized", "noisy"):
         w = _read_noise_weight(weight, scale, cfg) if fidelity == "noisy" else weight
-        fused = _fused_kernels() if x.is_cuda and x.dtype == w.dtype == torch.float32 else None
+        fused = kernels_for(x) if x.dtype == w.dtype == torch.float32 else None
         if fused is not None and 2 ** (cfg["input_bits"] - 1) <= fused.MAX_SPLIT_CODE:
             xi, sx = _quantize(x.reshape(-1, x.shape[-1]), cfg["input_bits"], dequantize=False, dtype=torch.float16)
             _check_finite(sx, cfg)

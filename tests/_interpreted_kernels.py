@@ -83,6 +83,66 @@ def dac_planes() -> None:
             planes.float(), want) and torch.equal(digits, sums)}), flush=True)
 
 
+PATHS = [  # (fidelity, changes to the test target): what `test_simulator.py` runs on the GPU, in brief
+    ("quantized", {}),
+    ("noisy", {"sigma": 0.05}),
+    ("adc", {"sigma": 0.05, "adc_bits": 6}),
+    ("adc", {"sign": "offset", "cell_bits": 3}),
+    ("bit-serial", {"sigma": 0.08, "adc_bits": 5, "dac_bits": 2}),
+    ("bit-serial", {"adc_range": "exact", "sign": "offset", "sigma": 0.05}),  # ISAAC's flipped columns
+    ("bit-serial", {"extra": (("input_encoding", "twos-complement"),), "sigma": 0.05}),
+    ("bit-serial", None),  # the default preset as it is
+]
+
+
+def gpu_paths() -> None:
+    """Whole models through the GPU's code paths (the fused kernels serve CPU tensors here) against the CPU's: outputs
+    and input gradients, which read the crossbar kernel's clip flags."""
+    import triton
+    from nvcc_pt.targets import simulator
+
+    # one block shape, so that the autotuner has nothing to time
+    simulator_triton._crossbar_kernel.configs = [triton.Config({"BM": 16, "BN": 32}, num_warps=1)]
+    simulator_triton._split_linear_kernel.configs = [triton.Config({"BM": 16, "BN": 16, "BK": 16}, num_warps=1)]
+    cpu_kernels = simulator.kernels_for
+    calls = {"crossbar_codes": 0, "split_linear": 0, "dac_planes": 0}
+
+    def counting(name: str):
+        kernel = getattr(simulator_triton, name)
+
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return kernel(*args, **kwargs)
+        return counted
+
+    for name in calls:  # count what the GPU paths ran
+        setattr(simulator_triton, name, counting(name))
+    for fidelity, changes in PATHS:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(37, 45), torch.nn.ReLU(), torch.nn.Linear(45, 29))
+        base = nvcc_pt.get_target("reram-128x128")
+        spec = base if changes is None else base.replace(
+            **{"rows": 16, "cols": 24, "sigma": 0.0, "sign": "differential", "adc_range": "full-scale", **changes})
+        x = torch.randn(5, 37, generator=torch.Generator().manual_seed(1))
+        cm = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity=fidelity, seed=3)
+        runs = []
+        for counter in calls:
+            calls[counter] = 0
+        for kernels in (cpu_kernels, lambda t: simulator_triton):
+            simulator.kernels_for = kernels
+            xg = x.clone().requires_grad_()
+            y = cm(xg)
+            y.square().sum().backward()
+            runs.append((y.detach(), xg.grad))
+        simulator.kernels_for = cpu_kernels
+        (y_cpu, g_cpu), (y_gpu, g_gpu) = runs
+        print(json.dumps({"check": f"path {fidelity} {changes}", "scale": float(y_cpu.abs().max()),
+                          "error": float((y_gpu - y_cpu).abs().max()), "grad_scale": float(g_cpu.abs().max()),
+                          "grad_error": float((g_gpu - g_cpu).abs().max()), "kernel_calls": dict(calls)}),
+              flush=True)
+
+
 if __name__ == "__main__":
     keyed_chips()
     dac_planes()
+    gpu_paths()

@@ -39,3 +39,16 @@ def test_regenerated_chips_are_the_stored_ones_in_the_interpreter(checks):
 def test_dac_planes_are_the_input_planes_in_the_interpreter(checks):
     planes = [c for c in checks if c["check"].startswith("planes")]
     assert len(planes) == 3 and all(c["equal"] for c in planes)
+
+
+@pytest.mark.skipif(not FOUND, reason="needs the triton package (make test installs it beside the environment)")
+def test_the_gpu_paths_give_the_cpu_paths_results_in_the_interpreter(checks):
+    """Whole models through the fused kernels (crossbar, split product, DAC planes), forward and input gradient (which
+    reads the crossbar kernel's clip flags), against the CPU paths: to float32 rounding, as on a GPU."""
+    paths = [c for c in checks if c["check"].startswith("path")]
+    assert len(paths) == 8
+    for c in paths:
+        ran = c["kernel_calls"]
+        crossbar = c["check"].split()[1] not in ("quantized", "noisy")
+        assert (ran["crossbar_codes"] == ran["dac_planes"] == 2) if crossbar else ran["split_linear"] == 2, c
+        assert c["error"] <= 1e-5 * c["scale"] and c["grad_error"] <= 1e-5 * c["grad_scale"], c
