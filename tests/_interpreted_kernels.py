@@ -1,4 +1,4 @@
-"""Run by `test_triton_interpreter.py` in a process of its own with `TRITON_INTERPRET=1`: the simulator's Triton
+"""Run by `test_triton_on_cpu.py` in a process of its own with `TRITON_INTERPRET=1`: the simulator's Triton
 kernels executed by Triton's interpreter (numpy on the CPU) against the torch ops they stand in for. Prints one
 JSON object per check.
 

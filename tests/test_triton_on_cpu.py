@@ -1,6 +1,7 @@
-"""The GPU kernels' arithmetic checked on the CPU: Triton's interpreter runs the simulator's kernels (numpy) in a
-process of its own (`_interpreted_kernels.py`), against the torch ops they stand in for. Needs the `triton`
-package, which `make test` installs beside the environment (`.venv/triton`); the GPU itself is tested on a GPU."""
+"""The GPU kernels checked on the CPU, each in a process of its own: Triton's interpreter runs the simulator's kernels
+(numpy) against the torch ops they stand in for (`_interpreted_kernels.py`), and Triton's compiler builds each kind
+of kernel for a Hopper GPU (`_compiled_kernels.py`). Needs the `triton` package, which `make test` installs beside
+the environment (`.venv/triton`); the GPU itself is tested on a GPU."""
 
 from __future__ import annotations
 
@@ -17,15 +18,27 @@ BESIDE = Path(sys.prefix) / "triton"
 FOUND = BESIDE.is_dir() or importlib.util.find_spec("triton") is not None
 
 
-@pytest.fixture(scope="module")
-def checks() -> list[dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1")
+def _run(script: str, **env) -> list[dict]:
+    env = dict(os.environ, **env)
     if BESIDE.is_dir():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BESIDE), env.get("PYTHONPATH")]))
-    script = Path(__file__).with_name("_interpreted_kernels.py")
-    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name(script))], env=env, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def checks() -> list[dict]:
+    return _run("_interpreted_kernels.py", TRITON_INTERPRET="1")
+
+
+@pytest.mark.skipif(not FOUND, reason="needs the triton package (make test installs it beside the environment)")
+def test_every_kind_of_kernel_compiles_for_a_hopper_gpu():
+    built = _run("_compiled_kernels.py")
+    kinds = {c["kernel"] for c in built}
+    assert kinds == {"crossbar", "dac_planes", "keyed_columns", "split_linear", "quantize_rows", "philox_draw"}
+    assert len(built) == 8 and all(c["cubin_bytes"] > 0 for c in built)
 
 
 @pytest.mark.skipif(not FOUND, reason="needs the triton package (make test installs it beside the environment)")
