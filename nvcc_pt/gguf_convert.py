@@ -126,7 +126,9 @@ def llama_state_dict(reader, config) -> dict[str, torch.Tensor]:
 
     out = {}
     for t in reader.tensors:
-        w = torch.from_numpy(np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
+        w = np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        # unquantized tensors come back as views of the read-only mapped file: the model gets its own copy
+        w = torch.from_numpy(w if w.flags.writeable else w.copy())
         if t.name.endswith("attn_q.weight"):
             w = unpermute_rotary(w, config.num_attention_heads)
         elif t.name.endswith("attn_k.weight"):
