@@ -142,7 +142,30 @@ def gpu_paths() -> None:
               flush=True)
 
 
+def regenerated_chips() -> None:
+    """Models compiled as on a GPU, whose chips regenerate per call (`simulator.KeyedChip`), against stored chips, both
+    through the GPU code paths."""
+    from nvcc_pt.ops import CHIP_ATTR
+    from nvcc_pt.targets import simulator
+
+    cpu_kernels = simulator.kernels_for
+    for target in ("reram-128x128", "rram4-128x128"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(37, 48), torch.nn.ReLU(), torch.nn.Linear(48, 9))
+        spec = nvcc_pt.get_target(target).replace(rows=16, cols=16)
+        x = torch.randn(5, 37, generator=torch.Generator().manual_seed(1))
+        stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
+        simulator.kernels_for = lambda t: simulator_triton
+        keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
+        with torch.no_grad():
+            same = torch.equal(keyed(x), stored(x))
+        simulator.kernels_for = cpu_kernels
+        chips = all(getattr(state.levels, CHIP_ATTR, None) is not None for _, state in keyed.plan.states())
+        print(json.dumps({"check": f"regenerated {target}", "keyed": chips, "equal": same}), flush=True)
+
+
 if __name__ == "__main__":
     keyed_chips()
     dac_planes()
     gpu_paths()
+    regenerated_chips()

@@ -65,3 +65,9 @@ def test_the_gpu_paths_give_the_cpu_paths_results_in_the_interpreter(checks):
         crossbar = c["check"].split()[1] not in ("quantized", "noisy")
         assert (ran["crossbar_codes"] == ran["dac_planes"] == 2) if crossbar else ran["split_linear"] == 2, c
         assert c["error"] <= 1e-5 * c["scale"] and c["grad_error"] <= 1e-5 * c["grad_scale"], c
+
+
+@pytest.mark.skipif(not FOUND, reason="needs the triton package (make test installs it beside the environment)")
+def test_regenerated_chips_serve_the_gpu_paths_in_the_interpreter(checks):
+    regenerated = [c for c in checks if c["check"].startswith("regenerated")]
+    assert len(regenerated) == 2 and all(c["keyed"] and c["equal"] for c in regenerated)
