@@ -145,8 +145,9 @@ def gpu_paths() -> None:
 def regenerated_chips() -> None:
     """Models compiled as on a GPU, whose chips regenerate per call (`simulator.KeyedChip`), against stored chips, both
     through the GPU code paths."""
-    from nvcc_pt.ops import CHIP_ATTR
     from nvcc_pt.targets import simulator
+
+    from nvcc_pt.ops import CHIP_ATTR
 
     cpu_kernels = simulator.kernels_for
     for target in ("reram-128x128", "rram4-128x128"):
