@@ -57,8 +57,9 @@ class FusedAdc:
     takes the plain path). The biases and the flipped columns' `top * sum(digits)` come back in one small GEMM.
     """
 
-    def __init__(self, levels: torch.Tensor, g: Grid, tiles: list[int]):
+    def __init__(self, levels: torch.Tensor, g: Grid, tiles: list[int], bipolar: bool = True):
         self.tiles = tiles
+        self.bipolar = bipolar  # digits may be negative (one signed cycle), so a zero sum need not mean no digit
         self.step = float(g.step[tiles[0], 0])
         self.inv = float(g.inv_step[tiles[0], 0])
         self.weights, self.bias, self.bounds, self.tau = [], [], [], []
@@ -106,7 +107,7 @@ class FusedAdc:
             tiles.append(r)
         if not tiles or len(tiles) * (float(g.hi.abs().max()) + float(g.lo.abs().max()) + 1) >= 2**20:
             return None  # the accumulator, about 1.5 * 2^23 plus the codes, must stay below 2^24
-        return FusedAdc(levels, g, tiles)
+        return FusedAdc(levels, g, tiles, bipolar)
 
     def codes(self, xt: torch.Tensor) -> torch.Tensor:
         """ADC codes summed over the prepared tiles, in codes of their step: `[M, S*N]` for inputs `[M, R, rows]`.
@@ -117,7 +118,8 @@ class FusedAdc:
         from it. Every sum is the same exact integer either way.
         """
         m = xt.shape[0]
-        live = xt[:, self.tiles].ne(0).any(-1)  # [M, tiles]: the rows with a digit on each tile
+        sums = xt.sum(-1)  # [M, R]: each row's digit sum on each tile (unipolar digits: zero only where all are)
+        live = (xt.ne(0).any(-1) if self.bipolar else sums.ne(0))[:, self.tiles]  # the rows with a digit
         counts = live.sum(0).tolist()
         acc = None
         for i, (r, w, bias, (low, high), tau) in enumerate(zip(self.tiles, self.weights, self.bias, self.bounds,
@@ -133,6 +135,5 @@ class FusedAdc:
                 y = torch.ops.mkldnn._linear_pointwise(xt[idx, r] * self.inv, w, bias, "hardtanh", [low, high], "")
                 acc.index_add_(0, idx, y.sub_(zero), alpha=tau)
         # the biases and, for flipped columns, top * sum(digits): integers well inside float32's exact range
-        rows = xt[:, self.tiles].sum(-1)
-        fix = torch.addmm(self.shift, rows, self.flips) if self.any_flip else self.shift
+        fix = torch.addmm(self.shift, sums[:, self.tiles], self.flips) if self.any_flip else self.shift
         return acc.add_(fix)

@@ -736,7 +736,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
                 clips.append(flags.view(torch.bool))  # already reduced over slices
             acc = fused.crossbar_codes(planes, *hi_lo, place_t, *adc_at, clips=flags, digits=digits)
         else:
-            planes, place_t = input_planes(xi[start:start + chunk], cfg, bit_serial)
+            planes = input_planes(xi[start:start + chunk], cfg, bit_serial)[0]
             acc = _tile_codes(planes, levels, g, cfg["op"], clips, prepared)
             if cycles > 1:  # shift-and-add over input cycles
                 acc = _place_sum(acc.view(cycles, -1, sn), place_t.cpu())
