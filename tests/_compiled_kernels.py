@@ -41,7 +41,7 @@ CASES = [
     ("crossbar", st._crossbar_kernel, CROSSBAR, dict(GRID_COLS=1, SPLIT=1, CLIPS=1), {}),
     ("dac_planes", st._dac_planes_kernel, {"x_ptr": F32, "p_ptr": F16, "dsum_ptr": F32}, dict(ENCODING=1, DIGITS=1), {}),
     ("keyed_columns", st._keyed_columns_kernel, KEYED, dict(DIFFERENTIAL=0, PER_WEIGHT=0, SHARED=1), {}),
-    ("keyed_columns", st._keyed_columns_kernel, KEYED, dict(DIFFERENTIAL=1, PER_WEIGHT=1, DRIFT=1, FAULTS=1), {}),
+    ("keyed_columns", st._keyed_columns_kernel, KEYED, dict(DIFFERENTIAL=1, PER_WEIGHT=1, SHARED=1), {}),
     ("split_linear", st._split_linear_kernel, {"x_ptr": F16, "w_ptr": F32, "scale_ptr": F32, "bias_ptr": F32,
                                                "y_ptr": F32}, dict(HAS_BIAS=1), {}),
     ("quantize_rows", st._quantize_rows_kernel, {"x_ptr": F32, "out_ptr": F16, "scale_ptr": F32, "qmax": "fp32",
