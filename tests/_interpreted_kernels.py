@@ -155,9 +155,9 @@ def regenerated_chips() -> None:
         model = torch.nn.Sequential(torch.nn.Linear(37, 48), torch.nn.ReLU(), torch.nn.Linear(48, 9))
         spec = nvcc_pt.get_target(target).replace(rows=16, cols=16)
         x = torch.randn(5, 37, generator=torch.Generator().manual_seed(1))
-        stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
+        stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="adc", seed=3)
         simulator.kernels_for = lambda t: simulator_triton
-        keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
+        keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="adc", seed=3)
         with torch.no_grad():
             same = torch.equal(keyed(x), stored(x))
         simulator.kernels_for = cpu_kernels
