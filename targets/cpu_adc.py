@@ -57,7 +57,7 @@ class FusedAdc:
     takes the plain path). The biases and the flipped columns' `top * sum(digits)` come back in one small GEMM.
     """
 
-    def __init__(self, levels: torch.Tensor, g: Grid, tiles: list[int], bipolar: bool = True):
+    def __init__(self, levels: torch.Tensor, g: Grid, tiles: list[int], bipolar: bool):
         self.tiles = tiles
         self.bipolar = bipolar  # digits may be negative (one signed cycle), so a zero sum need not mean no digit
         self.step = float(g.step[tiles[0], 0])

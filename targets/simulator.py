@@ -58,6 +58,7 @@ from nvcc_pt.targets.devices import (
     DRIFT_NU_REL_STD,
     TINY,
     as_stored,
+    band_scale,
     digit_max,
     input_planes,
     levels_dtype,
@@ -131,11 +132,11 @@ def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
 
 
 REGENERATE_LEVELS = True
-"""On a GPU with Triton, crossbar ops (`adc`, `bit-serial`) of devices with per-cell variation keep neither their levels
-nor their effective weight: each call regenerates the levels from the model's weight and the chip's key (`KeyedChip`)
-in one kernel pass, so the programmed state adds almost nothing to the model (the stored levels take twice the fp32
-weight's bytes at 4 slices, the effective weight once more). False stores them, which saves that pass per call.
-Per-weight variation, censored (training) draws and cells wider than 11 bits are always stored."""
+"""On a GPU with Triton, crossbar ops (`adc`, `bit-serial`) keep neither their levels nor their effective weight: each
+call regenerates the levels from the model's weight and the chip's key (`KeyedChip`) in one kernel pass, so the
+programmed state adds almost nothing to the model (the stored levels take twice the fp32 weight's bytes at 4 slices,
+the effective weight once more). False stores them, which saves that pass per call. Censored (training) draws and
+cells wider than 11 bits are always stored."""
 
 
 @dataclass(frozen=True)
@@ -188,11 +189,9 @@ class KeyedChip:
         if found not in _SIGMAS:
             places = slice_places(cfg["cell_bits"], cfg["slices"])
             _SIGMAS[found] = (places / (places**2).sum()).to(weight.device)
-        factor = self.noise.band_factor
-        norm = math.sqrt(0.4 * factor**2 + 0.6)
-        f32 = lambda v: float(torch.tensor(v, dtype=torch.float32))  # noqa: E731
-        return (w_top, peak, _SIGMAS[found], f32(per_weight_std(self.noise.sigma, cfg["cell_bits"], cfg["slices"])),
-                f32(factor / norm), f32(1.0 / norm))
+        inside, outside = band_scale(torch.tensor([0.5, 0.0]), self.noise.band_factor).tolist()  # float32 values
+        std = torch.tensor(per_weight_std(self.noise.sigma, cfg["cell_bits"], cfg["slices"]), dtype=torch.float32)
+        return w_top, peak, _SIGMAS[found], std.item(), inside, outside
 
 
 _SIGMAS: dict[tuple, torch.Tensor] = {}

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from nvcc_pt.targets.devices import TINY
+from nvcc_pt.targets.devices import TINY, digit_max
 from triton.language.extra import libdevice
 
 CONFIGS = [
@@ -248,8 +248,8 @@ def _dac_planes_kernel(x_ptr, p_ptr, dsum_ptr, B, K, R, ROWS, T, CYCLES, DAC, HA
     r = tl.program_id(1)
     k = r * ROWS + tl.arange(0, BK)
     ok = (rb < B)[:, None] & ((tl.arange(0, BK) < ROWS) & (k < K))[None, :]
-    x = tl.load(x_ptr + rb[:, None].to(tl.int64) * K + k[None, :], mask=ok, other=0.0).to(tl.int32)
     at = rb[:, None].to(tl.int64) * K + k[None, :]
+    x = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.int32)
     mask = (1 << DAC) - 1
     if ENCODING == 0:
         tl.store(p_ptr + at, x.to(tl.float16), mask=ok)
@@ -278,7 +278,7 @@ def dac_planes(xi: torch.Tensor, cfg: dict, bit_serial: bool, rows: int,
     b, k = xi.shape
     bits, dac = cfg["input_bits"], cfg["dac_bits"]
     if not bit_serial or dac >= bits:
-        encoding, cycles, planes = 0, 1, 1
+        encoding, cycles, planes = ENCODINGS["one-cycle"], 1, 1
     else:
         encoding = ENCODINGS["twos-complement" if cfg.get("input_encoding") == "twos-complement" else "two-phase"]
         cycles = -(-(bits - 1) // dac)
@@ -290,16 +290,13 @@ def dac_planes(xi: torch.Tensor, cfg: dict, bit_serial: bool, rows: int,
     bb = max(1, min(16, 4096 // bk))
     _dac_planes_kernel[(triton.cdiv(b, bb), tiles)](xi.contiguous(), p, p if sums is None else sums, b, k, tiles, rows,
                                                     planes, cycles, dac, 2 ** (bits - 1), ENCODING=encoding,
-                                                    DIGITS=digits,
-                                                    BB=bb, BK=bk, num_warps=4)
+                                                    DIGITS=digits, BB=bb, BK=bk, num_warps=4)
     return p, sums
 
 
 def fits(cfg: dict, bit_serial: bool) -> bool:
     """Whether the crossbar kernel takes this op's DAC digits exactly (float16 holds integers up to 2048)."""
-    bits, dac = cfg["input_bits"], cfg["dac_bits"]
-    largest = 2 ** (bits - 1) - 1 if not bit_serial or dac >= bits else 2**dac - 1
-    return largest <= MAX_SPLIT_CODE
+    return digit_max(cfg, bit_serial)[0] <= MAX_SPLIT_CODE
 
 
 @triton.jit
