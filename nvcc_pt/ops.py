@@ -22,7 +22,6 @@ a compare per partial sum and is only recorded when an input of the op requires 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -113,19 +112,19 @@ def parse_config(config: str) -> dict[str, Any]:
 class ReadStream:
     """Where one op's read noise comes from: the plan's seed, the op's index in the plan, and the calls so far.
 
-    Read noise is drawn per call from a generator seeded by (seed, op, call), so a sequence of calls after
-    `cm.program(seed)` repeats exactly, whatever torch's global generator holds. `program` resets `calls`.
+    Call `n`'s read noise is a block of the keyed generator's `READ` stream for (seed, op) (`targets.philox`),
+    so a sequence of calls after `cm.program(seed)` repeats exactly, on every device, whatever torch's global
+    generator holds. `program` resets `calls`.
     """
 
     seed: int
     op_index: int
     calls: int = 0
 
-    def next_seed(self) -> int:
-        """The seed of the next call's draws (a hash of the three numbers, so no two (op, call) pairs collide)."""
+    def next_call(self) -> int:
+        """The number of the next call (1 for the first after programming)."""
         self.calls += 1
-        key = f"{self.seed}:{self.op_index}:{self.calls}".encode()
-        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        return self.calls
 
 
 READ_STREAM_ATTR = "_nvcc_read_stream"

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 
 VARIATION, DRIFT, FAULT, READ = 0, 1, 2, 3
-"""The streams of one op's chip: programming variation, drift exponents, stuck-at faults, and read noise (which
-the simulator still draws per call from torch generators)."""
+"""The streams of one op's chip: programming variation, drift exponents, stuck-at faults, and read noise (a block
+of draws per call, `simulator.read_normals`)."""
 
 _MASK = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -33,6 +33,9 @@ _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 _ROUNDS = 10
 _CHUNK = 2**21
 """Counters per chunk: the int64 words of a chunk (about ten live at once) stay within a few hundred MB."""
+COMPILED_CPU = True
+"""Draw on the CPU with the compiled kernel (`philox_cpu`) where Numba is installed; False keeps the torch ops
+(the reference the compiled draws are tested against)."""
 _UNIFORM_SCALE = 4.6566127342e-10
 """Triton's scale from a non-negative int32 to [0, 1): the largest with `(2^31 - 1) * scale < 1` in float32."""
 
@@ -81,14 +84,18 @@ def _chunks(count: int, start: int, device: torch.device):
 
 
 def _kernel(device: torch.device):
-    """The Triton kernel module (`philox_triton`) where `device` is a GPU and Triton is installed, else None."""
-    if device.type != "cuda":
-        return None
+    """The compiled draws for `device`: the Triton kernel module (`philox_triton`) on a GPU with Triton installed,
+    the Numba one (`philox_cpu`) on the CPU with Numba installed; None where neither is (the torch ops here)."""
     try:
-        from nvcc_pt.targets import philox_triton
-    except ImportError:
+        if device.type == "cuda":
+            from nvcc_pt.targets import philox_triton as kernel
+        elif device.type == "cpu" and COMPILED_CPU:
+            from nvcc_pt.targets import philox_cpu as kernel
+        else:
+            return None
+    except (ImportError, RuntimeError):  # not installed, or (Numba) no writable cache for its compiled code
         return None
-    return philox_triton
+    return kernel
 
 
 def _uniform4(words: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
@@ -119,7 +126,7 @@ def _draws(seed: int, count: int, start: int, device: torch.device, four) -> tor
 
 def rand(seed: int, count: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
     """Uniform floats in [0, 1), draws `start .. start+count-1`: draw `i` is `tl.rand4x(seed, i // 4)[i % 4]`
-    (on a GPU with Triton, that kernel)."""
+    (compiled where `_kernel` finds a kernel for `device`, else the torch ops)."""
     device = torch.device(device)
     if (kernel := _kernel(device)) is not None:
         return kernel.draw(seed, count, device, start, normal=False)
@@ -128,7 +135,7 @@ def rand(seed: int, count: int, device: torch.device | str = "cpu", start: int =
 
 def randn(seed: int, count: int, device: torch.device | str = "cpu", start: int = 0) -> torch.Tensor:
     """Standard normals, draws `start .. start+count-1`: draw `i` is `tl.randn4x(seed, i // 4)[i % 4]` (four
-    normals per Philox call; on a GPU with Triton, that kernel)."""
+    normals per Philox call; compiled where `_kernel` finds a kernel for `device`, else the torch ops)."""
     device = torch.device(device)
     if (kernel := _kernel(device)) is not None:
         return kernel.draw(seed, count, device, start, normal=True)

@@ -74,7 +74,7 @@ from nvcc_pt.targets.devices import (
     slice_places,
     weight_codes,
 )
-from nvcc_pt.targets.philox import DRIFT, FAULT, VARIATION, ChipKey
+from nvcc_pt.targets.philox import DRIFT, FAULT, READ, VARIATION, ChipKey, randn
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
@@ -290,19 +290,26 @@ def start_read_streams(states: list[tuple[str, CimState]], seed: int) -> None:
             state.start_read_stream(seed, i)
 
 
-def read_generator(scale: torch.Tensor, cfg: dict, device: torch.device) -> torch.Generator | None:
-    """The generator of one call's read noise, from the op's `ReadStream` (kept on its `scale` buffer).
+READ_CALL_STRIDE = 2**36
+"""Draws per call in an op's read-noise stream: call `n`'s cell `i` is draw `n * READ_CALL_STRIDE + i`."""
 
-    While a CUDA graph is being recorded there is no per-call host code to seed from; the replay draws from
-    the device's default generator, as a graph's random ops do (None).
+
+def read_normals(scale: torch.Tensor, cfg: dict, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """One call's standard normals `shape` for an op's read noise: the next call's block of the keyed generator's
+    `READ` stream for (seed, op) (`ReadStream`, kept on the op's `scale` buffer), the same on every device.
+
+    While a CUDA graph is being recorded there is no per-call host code to number the call; the replay draws from
+    the device's default generator, as a graph's random ops do.
     """
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return None
+        return torch.randn(shape, device=device)
+    count = math.prod(shape)  # at most READ_CALL_STRIDE: 2^36 float16 levels would take 128 GiB
     stream = getattr(scale, READ_STREAM_ATTR, None)
     if stream is None:  # a state never programmed here: key it by the op's name, deterministically
         stream = ReadStream(0, zlib.crc32(cfg["op"].encode()))
         setattr(scale, READ_STREAM_ATTR, stream)
-    return torch.Generator(device=device).manual_seed(stream.next_seed())
+    seed = ChipKey(stream.seed, stream.op_index).stream_seed(READ)
+    return randn(seed, count, device, start=stream.next_call() * READ_CALL_STRIDE).view(shape)
 
 
 def _store(state: CimState, name: str, value: torch.Tensor) -> None:
@@ -616,9 +623,7 @@ def _read_levels(stored: torch.Tensor, cfg: dict, read: float, scale: torch.Tens
     levels = stored.float()
     if read > 0:  # fresh read noise per call; a differential pair reads two independent cells
         factor = math.sqrt(2) if cfg["sign"] == "differential" else 1.0
-        noise = torch.randn(levels.shape, generator=read_generator(scale, cfg, levels.device), device=levels.device,
-                            dtype=levels.dtype)
-        levels = levels + noise.mul_(read * factor)
+        levels = levels + read_normals(scale, cfg, levels.shape, levels.device).mul_(read * factor)
     return levels
 
 
@@ -759,8 +764,7 @@ def _read_noise_weight(weight: torch.Tensor, scale: torch.Tensor, cfg: dict) -> 
         return weight
     places = slice_places(cfg["cell_bits"], cfg["slices"])
     cells = (2 if cfg["sign"] == "differential" else 1) * float((places**2).sum())
-    noise = torch.randn(weight.shape, generator=read_generator(scale, cfg, weight.device), device=weight.device,
-                        dtype=torch.float32) * (read * math.sqrt(cells))
+    noise = read_normals(scale, cfg, weight.shape, weight.device) * (read * math.sqrt(cells))
     return weight + (noise * scale[:, None]).to(weight.dtype)
 
 

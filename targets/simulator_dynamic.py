@@ -5,7 +5,8 @@ its right operand `b` (k^T or v, `[..., K, N]`, batched over batch and heads) is
 this input. Per call, every instance's `b^T` `[N, K]` goes through the same steps a static weight
 goes through in `program_state`: per-column symmetric quantization to `weight_bits`, sign split,
 bit slicing into cell levels, and programming with write noise from the target's device model
-(`program_levels`), drawn from a generator keyed by (seed, op, call) (`write_generator`). Then:
+(`program_levels`), drawn from the keyed generator (`targets.philox`): the key is (seed, op, call), so a seed
+replays the same writes on every device, drawn where the operand lives. Then:
 
   exact       a @ b;
   quantized   quantized `a` (per row, `input_bits`) times quantized `b`;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from nvcc_pt.targets.devices import levels_of, program_levels, quantize_input_int, read_back, weight_codes
+from nvcc_pt.targets.philox import ChipKey
 from nvcc_pt.targets.simulator import (
     CROSSBAR,
     IMPLEMENTED,
@@ -35,24 +37,19 @@ from nvcc_pt.meta import NoiseInfo
 from nvcc_pt.ops import parse_config
 
 
-def write_generator(seed: int, op_index: int, call: int) -> torch.Generator:
-    """The CPU generator of one call's write noise: a function of (seed, op, call) only, so a seed replays."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + op_index) * 1_000_033 + call) % (2**63))
-
-
 def write_noise_info(cfg: dict) -> NoiseInfo:
     return NoiseInfo(device=cfg["device"], sigma=0.0, level_sigmas=tuple(cfg["level_sigmas"]),
                      stuck_at_gmin=cfg.get("stuck_at_gmin", 0.0), stuck_at_gmax=cfg.get("stuck_at_gmax", 0.0))
 
 
-def written_levels(w: torch.Tensor, cfg: dict, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell levels `[P, S, N, K]` holding the weight `w` `[N, K]` after one write (ideal if `generator` is None),
-    and the per-column scale `[N]`: what `program_state` does to a static weight, done per input."""
+def written_levels(w: torch.Tensor, cfg: dict, key: ChipKey | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell levels `[P, S, N, K]` holding the weight `w` `[N, K]` after one write (ideal if `key` is None), and
+    the per-column scale `[N]`: what `program_state` does to a static weight, done per input."""
     codes, scale = weight_codes(w, cfg)
     levels = levels_of(codes, cfg)
-    if generator is None:
+    if key is None:
         return levels.float(), scale
-    return program_levels(levels, write_noise_info(cfg), cfg["cell_bits"], generator), scale
+    return program_levels(levels, write_noise_info(cfg), cfg["cell_bits"], key), scale
 
 
 def cim_matmul(a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, config: str) -> torch.Tensor:
@@ -68,12 +65,12 @@ def cim_matmul(a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, config: st
     a, b = a.expand(*batch, *a.shape[-2:]), b.expand(*batch, *b.shape[-2:])
     k, n = b.shape[-2:]
     w = b.transpose(-2, -1).reshape(-1, k).float()  # every instance's [N, K] weight, stacked
-    generator = None
+    key = None
     if fidelity != "quantized":
         seed, call = state.tolist()
         state[1] += 1  # the next call draws fresh write noise
-        generator = write_generator(seed, cfg["op_index"], call)
-    levels, scale = written_levels(w, cfg, generator)
+        key = ChipKey(seed, cfg["op_index"], call)
+    levels, scale = written_levels(w, cfg, key)
     if fidelity in CROSSBAR:
         flat_a = a.reshape(-1, *a.shape[-2:]).float()
         outs = []

@@ -101,6 +101,42 @@ def test_program_restarts_the_read_noise_sequence_whatever_the_global_generator_
     assert not torch.equal(first[0], other)  # another seed, another chip
 
 
+def test_read_noise_is_the_keyed_stream_of_seed_op_and_call():
+    from nvcc_pt.targets.philox import READ, ChipKey, randn
+    from nvcc_pt.targets.simulator import READ_CALL_STRIDE, _read_noise_weight
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.Linear(10, 6))
+    spec = nvcc_pt.get_target("pcm-256x256").replace(read_sigma=0.02)
+    cm = nvcc_pt.compile(model, spec, example_inputs=(torch.randn(5, 12),), fidelity="noisy", seed=7)
+    _, state = cm.plan.states()[1]
+    weight = state.effective_weight()
+    for call in (1, 2):  # the calls after programming
+        noise = (_read_noise_weight(weight, state.scale, state.config) - weight) / state.scale[:, None]
+        z = randn(ChipKey(7, 1).stream_seed(READ), weight.numel(), start=call * READ_CALL_STRIDE).view(weight.shape)
+        ratio = noise / z  # one sigma for every cell: the read noise of the weight's cells summed
+        torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio), rtol=1e-3, atol=0)
+        assert float(ratio.mean()) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fidelity", ["noisy", "adc"])
+def test_read_noise_is_the_same_on_cpu_and_cuda(fidelity):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.ReLU(), torch.nn.Linear(24, 8))
+    x = torch.randn(6, 40)
+    spec = nvcc_pt.get_target("pcm-256x256").replace(rows=16, cols=16)
+    cpu = nvcc_pt.compile(model, spec, example_inputs=(x,), fidelity=fidelity, seed=3)
+    gpu = nvcc_pt.compile(model, spec, example_inputs=(x,), fidelity=fidelity, seed=3)
+    gpu.to("cuda").program(3)
+    cpu.program(3)
+    with torch.no_grad():
+        for _ in range(2):  # successive calls draw successive blocks of each op's stream
+            on_gpu, on_cpu = gpu(x.cuda()).cpu(), cpu(x)
+            # the normals agree to float rounding, so at adc a read on a rounding boundary may land one code apart
+            assert float((on_gpu - on_cpu).abs().mean()) < 0.01 * float(on_cpu.abs().mean())
+
+
 def test_a_moved_or_reloaded_plan_keeps_its_read_noise_stream(tiny_models, ids, tmp_path):
     cm = nvcc_pt.compile(tiny_models("tiny-llama"), "pcm-256x256", fidelity="noisy", seed=4)
     with torch.no_grad():

@@ -15,7 +15,7 @@ from nvcc_pt.passes.decompose_attention import ATTENTION, decompose_attention
 from nvcc_pt.passes.lower import write_states
 from nvcc_pt.targets.costs import ISAAC_COSTS
 from nvcc_pt.targets.devices import magnitudes, program_levels, quantize_weight, slice_levels
-from nvcc_pt.targets.simulator_dynamic import write_generator
+from nvcc_pt.targets.philox import ChipKey
 from torch import nn
 
 import nvcc_pt
@@ -188,7 +188,7 @@ def _reference(a, b, cfg, seed, op_index, call):
     levels = slice_levels(magnitudes(wq, cfg["sign"], cfg["weight_bits"]), cfg["cell_bits"], cfg["slices"])
     levels = levels.transpose(0, 1)  # [P, S, N, K]
     noise = NoiseInfo("reram", 0.0, tuple(cfg["level_sigmas"]))
-    cells = program_levels(levels, noise, cfg["cell_bits"], write_generator(seed, op_index, call))
+    cells = program_levels(levels, noise, cfg["cell_bits"], ChipKey(seed, op_index, call))
     place = torch.tensor([4.0**s for s in range(cfg["slices"])])
     mag = (cells * place[:, None, None]).sum(1)  # [P, N, K]
     w_eff = (mag[0] - mag[1] if cfg["sign"] == "differential" else mag[0] - 2 ** (cfg["weight_bits"] - 1))

@@ -42,6 +42,28 @@ def test_chip_keys_separate_seeds_ops_calls_and_streams():
     assert 0 <= ChipKey(2**62, 5).stream_seed(VARIATION) < 2**63
 
 
+@pytest.mark.parametrize(("seed", "count", "start"), [(5, 9, 0), (2**62 + 17, 300_003, 7), (123, 200_001, 2**40 + 3)])
+def test_the_compiled_cpu_draws_are_the_torch_ops_draws(seed, count, start, monkeypatch):
+    from nvcc_pt.targets import philox
+
+    pytest.importorskip("numba")
+    compiled = rand(seed, count, start=start), randn(seed, count, start=start)
+    monkeypatch.setattr(philox, "COMPILED_CPU", False)
+    reference = rand(seed, count, start=start), randn(seed, count, start=start)
+    assert torch.equal(compiled[0], reference[0])  # the uniforms bit for bit, across the threads' splits
+    torch.testing.assert_close(compiled[1], reference[1], rtol=0, atol=1e-6)  # the normals to libm's rounding
+
+
+def test_the_compiled_cpu_draws_are_the_same_from_any_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pytest.importorskip("numba")
+    alone = [randn(seed, 150_000) for seed in range(4)]
+    with ThreadPoolExecutor(4) as pool:  # as programming draws several ops' chips at once
+        together = list(pool.map(lambda seed: randn(seed, 150_000), range(4)))
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_and_cuda_draw_the_same_bits():
     key = ChipKey(3, 7)
