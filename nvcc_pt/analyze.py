@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,26 +101,6 @@ class _AdcStats:
         s["low"], s["high"] = min(s["low"], float(low)), max(s["high"], float(high))
 
 
-@contextmanager
-def _noise_kept(cm):
-    """Put every op's read-noise and write-noise counters back afterwards: the calls after an analysis draw the
-    noise they would have drawn without it (`program(seed)`'s promise)."""
-    from nvcc_pt.ops import READ_STREAM_ATTR
-    from nvcc_pt.passes.lower import write_states
-
-    streams = [getattr(s.scale, READ_STREAM_ATTR, None) for _, s in cm.plan.states()]
-    calls = [None if r is None else r.calls for r in streams]
-    keys = [(w, w.key.clone()) for _, w in write_states(cm.graph_module)]
-    try:
-        yield
-    finally:
-        for stream, n in zip(streams, calls):
-            if stream is not None:
-                stream.calls = n
-        for w, key in keys:
-            w.key.copy_(key)
-
-
 def _outputs(out) -> torch.Tensor:
     """A run's floating-point outputs as one flat float tensor (logits, hidden states, ...)."""
     parts = [t.detach().float().reshape(-1) for t in (out if isinstance(out, (tuple, list)) else (out,))
@@ -172,7 +151,9 @@ def analyze(cm, batches: Iterable, *, progress: bool | None = None, top: int = 3
         return err / max(ref_power, 1e-300)
 
     order: list[str] = []
-    with _noise_kept(cm):
+    from nvcc_pt.api import noise_kept
+
+    with noise_kept(cm):
         reference = run(set(), order=order)
         ref_power = sum(float(r.square().sum()) for r in reference)
         probe: dict[str, dict] = {}

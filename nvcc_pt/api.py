@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from nvcc_pt.calls import build_output, prepare_inputs
 from nvcc_pt.capture import capture, prompted_parts
 from nvcc_pt.cuda_graphs import GraphCache
 from nvcc_pt.errors import DeviceError, FidelityError, InputError
-from nvcc_pt.ops import CHIP_ATTR, FIDELITIES
+from nvcc_pt.ops import CHIP_ATTR, FIDELITIES, READ_STREAM_ATTR
 from nvcc_pt.passes.decompose_attention import decompose_attention
 from nvcc_pt.passes.lower import lower, write_states
 from nvcc_pt.passmanager import MappingPolicy, PassContext, run_passes
@@ -54,12 +55,11 @@ class CompiledModel:
         self.report = report
         self.soft_prompt = soft_prompt
         """The soft prompt used when a call passes none (prompted models with the prompt as an input)."""
-        noisy_reads = plan.fidelity not in ("exact", "quantized") and any(
-            s.config.get("read_sigma", 0.0) > 0 for _, s in plan.states())
-        self.cuda_graphs = not write_states(plan.graph_module) and not noisy_reads
+        self.cuda_graphs = not write_states(plan.graph_module)
         """On a CUDA device, replay repeated inference calls (no autograd) from CUDA graphs, one per input shape.
-        Off where a call draws noise on the host from (seed, op, call): mapped dynamic products (write noise)
-        and read noise, so a replay never repeats one call's draw."""
+        A replay draws the next call's read noise (the draw kernel reads each op's (seed, call) on the GPU). Off
+        for mapped dynamic products, whose write noise is keyed on the host per call, so that a replay never
+        repeats one call's draw."""
         self._graphs = GraphCache()
         self._checked = None
         self._addresses: tuple | None = None
@@ -131,7 +131,7 @@ class CompiledModel:
                                          else s.adc_range.data_ptr(), getattr(s.levels, CHIP_ATTR, None))
                                         for _, s in self.plan.states())
             signature = tuple((a.shape, a.dtype, a.device) for a in flat)
-            return self._graphs.run(self.graph_module, flat, (signature, self._addresses))
+            return self._graphs.run(self.graph_module, flat, (signature, self._addresses), kept=lambda: noise_kept(self))
         with deferred_checks(), crossbar_progress(len(self.plan.states()), self.fidelity, self.progress):
             return self.graph_module(*flat)
 
@@ -364,6 +364,26 @@ def _relower(exported, records, target, fidelity, seed, capture_info, results) -
     ctx.provided.update(meta.RECORD_TYPES)
     gm = run_passes(gm, ctx, [lower])
     return ExecutablePlan(gm, exported, target, fidelity, seed, capture_info, records, dict(results))
+
+
+@contextmanager
+def noise_kept(cm: CompiledModel):
+    """Put every op's read-noise and write-noise counters back afterwards: the calls after an analysis, or after a
+    CUDA graph's warm-up call, draw the noise they would have drawn without it (`program(seed)`'s promise)."""
+    scales = [s.scale for _, s in cm.plan.states()]
+    saved = [None if (r := getattr(t, READ_STREAM_ATTR, None)) is None else r.state.clone() for t in scales]
+    keys = [(w, w.key.clone()) for _, w in write_states(cm.graph_module)]
+    try:
+        yield
+    finally:
+        for scale, pair in zip(scales, saved):
+            stream = getattr(scale, READ_STREAM_ATTR, None)
+            if stream is not None and pair is not None:
+                stream.state.copy_(pair)
+            elif stream is not None:  # started by the calls, for a state never programmed: from 0 again
+                stream.calls = 0
+        for w, key in keys:
+            w.key.copy_(key)
 
 
 def compile(  # noqa: A001 - the name users expect

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch.utils._pytree import tree_map
@@ -47,14 +48,17 @@ class GraphCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def run(self, forward: Callable, args: tuple[torch.Tensor, ...], key: tuple):
+    def run(self, forward: Callable, args: tuple[torch.Tensor, ...], key: tuple,
+            kept: Callable[[], AbstractContextManager] = nullcontext):
+        """`forward(*args)`, replayed from the key's graph where one is recorded. `kept()` puts the model's noise
+        counters back after the recording's warm-up call, so that the recorded call draws what an eager one would."""
         entry = self._entries.get(key)
         if entry is None:
             if key not in self._seen:
                 self._seen.add(key)
                 with deferred_checks():
                     return forward(*args)
-            entry = self._entries[key] = self._record(forward, args)
+            entry = self._entries[key] = self._record(forward, args, kept)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
         self._entries.move_to_end(key)
@@ -69,12 +73,12 @@ class GraphCache:
         return result
 
     @staticmethod
-    def _record(forward: Callable, args: tuple[torch.Tensor, ...]) -> tuple:
+    def _record(forward: Callable, args: tuple[torch.Tensor, ...], kept: Callable[[], AbstractContextManager]) -> tuple:
         inputs = [a.clone() for a in args]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), deferred_checks():  # warm-up: lazy initialization, kernel tuning, input checks
-            forward(*inputs)
+        with torch.cuda.stream(side), deferred_checks(), kept():  # warm-up: lazy initialization, kernel tuning,
+            forward(*inputs)  # input checks
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with queued_checks() as queued, torch.cuda.graph(graph):

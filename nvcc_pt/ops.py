@@ -23,7 +23,6 @@ a compare per partial sum and is only recorded when an input of the op requires 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -108,23 +107,44 @@ def parse_config(config: str) -> dict[str, Any]:
     return json.loads(config)
 
 
-@dataclass
 class ReadStream:
     """Where one op's read noise comes from: the plan's seed, the op's index in the plan, and the calls so far.
 
-    Call `n`'s read noise is a block of the keyed generator's `READ` stream for (seed, op) (`targets.philox`),
+    Call `n`'s read noise is block `n` of the keyed generator's `READ` stream for (seed, op) (`targets.philox`),
     so a sequence of calls after `cm.program(seed)` repeats exactly, on every device, whatever torch's global
-    generator holds. `program` resets `calls`.
+    generator holds. `state` holds the stream's Philox seed and the calls so far as an int64 pair on the op's
+    device, where the draws read them, so a CUDA graph's replay draws the next call's noise.
     """
 
-    seed: int
-    op_index: int
-    calls: int = 0
+    def __init__(self, seed: int, op_index: int, device: torch.device | str | None = None):
+        self.seed, self.op_index = int(seed), int(op_index)
+        self.state = torch.tensor([self._stream_seed(), 0], dtype=torch.int64, device=device)
 
-    def next_call(self) -> int:
-        """The number of the next call (1 for the first after programming)."""
-        self.calls += 1
-        return self.calls
+    def _stream_seed(self) -> int:
+        from nvcc_pt.targets.philox import READ, ChipKey
+
+        return ChipKey(self.seed, self.op_index).stream_seed(READ)
+
+    def restart(self, seed: int, op_index: int) -> None:
+        """Calls from 0 again, for (seed, op), in the same buffer."""
+        self.seed, self.op_index = int(seed), int(op_index)
+        self.state.copy_(torch.tensor([self._stream_seed(), 0], dtype=torch.int64))
+
+    @property
+    def calls(self) -> int:
+        """The calls drawn so far (a read from the device where the state is on one)."""
+        return int(self.state[1])
+
+    @calls.setter
+    def calls(self, value: int) -> None:
+        self.state[1] = int(value)
+
+    def next_call(self, device: torch.device) -> torch.Tensor:
+        """Count one more call; the state, on `device` (moved there if it is not), for the call's draws."""
+        if self.state.device != device:
+            self.state = self.state.to(device)
+        self.state[1:].add_(1)
+        return self.state
 
 
 READ_STREAM_ATTR = "_nvcc_read_stream"
@@ -173,6 +193,7 @@ class CimState(nn.Module):
         if adc_range.numel() <= 2:
             self.adc_range = adc_range
         if stream is not None:  # a moved buffer is a new tensor: the read-noise stream goes with it
+            stream.state = fn(stream.state)
             setattr(self.scale, READ_STREAM_ATTR, stream)
         if chip is not None:  # so does a regenerated chip
             setattr(self.levels, CHIP_ATTR, chip)
@@ -194,8 +215,12 @@ class CimState(nn.Module):
         return self.stored_chip()[1]
 
     def start_read_stream(self, seed: int, op_index: int) -> None:
-        """Restart this op's read noise for a programmed instance (`ReadStream`)."""
-        setattr(self.scale, READ_STREAM_ATTR, ReadStream(seed, op_index))
+        """Restart this op's read noise for a programmed instance (`ReadStream`), in place where it has one."""
+        stream = getattr(self.scale, READ_STREAM_ATTR, None)
+        if stream is not None:
+            stream.restart(seed, op_index)
+        else:
+            setattr(self.scale, READ_STREAM_ATTR, ReadStream(seed, op_index, self.scale.device))
 
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)

@@ -142,6 +142,16 @@ def randn(seed: int, count: int, device: torch.device | str = "cpu", start: int 
     return _draws(seed, count, start, device, _normal4)
 
 
+def randn_block(state: torch.Tensor, count: int, stride: int) -> torch.Tensor:
+    """Standard normals of the stream whose seed is `state[0]`, draws `state[1] * stride .. + count - 1` (`state`:
+    an int64 pair on the draws' device; `stride` a multiple of 4). On a GPU with Triton the kernel reads the pair
+    where it is, so a CUDA graph's replay draws the block the pair holds at that replay."""
+    if state.is_cuda and (kernel := _kernel(state.device)) is not None:
+        return kernel.draw_block(state, count, stride)
+    seed, block = state.tolist()
+    return randn(seed, count, state.device, start=block * stride)
+
+
 @dataclass(frozen=True)
 class ChipKey:
     """The key of one op's draws: (seed, op index, call). A cell's draw is a function of the key, the stream

@@ -15,14 +15,19 @@ BLOCK = 1024
 
 
 @triton.jit(do_not_specialize=["seed", "first", "start", "n"])  # a new seed must not compile a new variant
-def _draw_kernel(out_ptr, seed, first, start, n, NORMAL: tl.constexpr, BLOCK: tl.constexpr):
-    """Counters `first + ...`, four draws each (`randn4x`/`rand4x`); draw `4 c + j` goes to `out[4 c + j - start]`."""
+def _draw_kernel(out_ptr, seed, first, start, n, state_ptr, block_counters, NORMAL: tl.constexpr,
+                 FROM_STATE: tl.constexpr, BLOCK: tl.constexpr):
+    """Counters `first + ...`, four draws each (`randn4x`/`rand4x`); draw `4 c + j` goes to `out[4 c + j - start]`.
+    FROM_STATE: the seed is `state[0]` and the counters start `state[1] * block_counters` further, both read here."""
     counter = first + tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    at = 4 * counter - start
+    if FROM_STATE:
+        seed = tl.load(state_ptr)
+        counter += tl.load(state_ptr + 1) * block_counters
     if NORMAL:
         d0, d1, d2, d3 = tl.randn4x(seed, counter)
     else:
         d0, d1, d2, d3 = tl.rand4x(seed, counter)
-    at = 4 * counter - start
     tl.store(out_ptr + at, d0, mask=(at >= 0) & (at < n))
     tl.store(out_ptr + at + 1, d1, mask=(at + 1 >= 0) & (at + 1 < n))
     tl.store(out_ptr + at + 2, d2, mask=(at + 2 >= 0) & (at + 2 < n))
@@ -40,5 +45,16 @@ def draw(seed: int, count: int, device: torch.device, start: int = 0, normal: bo
     if count:
         first = start // 4
         counters = (start + count + 3) // 4 - first
-        _draw_kernel[(triton.cdiv(counters, BLOCK),)](out, seed, first, start, count, NORMAL=normal, BLOCK=BLOCK)
+        _draw_kernel[(triton.cdiv(counters, BLOCK),)](out, seed, first, start, count, out, 0, NORMAL=normal,
+                                                      FROM_STATE=False, BLOCK=BLOCK)
+    return out
+
+
+def draw_block(state: torch.Tensor, count: int, stride: int) -> torch.Tensor:
+    """Normals `state[1] * stride .. + count - 1` of the stream whose seed is `state[0]` (an int64 pair on the GPU,
+    read by the kernel: a CUDA graph's replay draws the block the state holds then); `stride` a multiple of 4."""
+    out = torch.empty(count, device=state.device, dtype=torch.float32)
+    if count:
+        _draw_kernel[(triton.cdiv(count, 4 * BLOCK),)](out, 0, 0, 0, count, state, stride // 4, NORMAL=True,
+                                                       FROM_STATE=True, BLOCK=BLOCK)
     return out

@@ -74,7 +74,7 @@ from nvcc_pt.targets.devices import (
     slice_places,
     weight_codes,
 )
-from nvcc_pt.targets.philox import DRIFT, FAULT, READ, VARIATION, ChipKey, randn
+from nvcc_pt.targets.philox import DRIFT, FAULT, VARIATION, ChipKey, randn_block
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
@@ -296,20 +296,14 @@ READ_CALL_STRIDE = 2**36
 
 def read_normals(scale: torch.Tensor, cfg: dict, shape: torch.Size, device: torch.device) -> torch.Tensor:
     """One call's standard normals `shape` for an op's read noise: the next call's block of the keyed generator's
-    `READ` stream for (seed, op) (`ReadStream`, kept on the op's `scale` buffer), the same on every device.
-
-    While a CUDA graph is being recorded there is no per-call host code to number the call; the replay draws from
-    the device's default generator, as a graph's random ops do.
-    """
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return torch.randn(shape, device=device)
-    count = math.prod(shape)  # at most READ_CALL_STRIDE: 2^36 float16 levels would take 128 GiB
+    `READ` stream for (seed, op) (`ReadStream`, kept on the op's `scale` buffer), the same on every device. On a
+    GPU the stream's (seed, call) pair is read where it lives, so a CUDA graph can record the draw."""
     stream = getattr(scale, READ_STREAM_ATTR, None)
     if stream is None:  # a state never programmed here: key it by the op's name, deterministically
-        stream = ReadStream(0, zlib.crc32(cfg["op"].encode()))
+        stream = ReadStream(0, zlib.crc32(cfg["op"].encode()), device)
         setattr(scale, READ_STREAM_ATTR, stream)
-    seed = ChipKey(stream.seed, stream.op_index).stream_seed(READ)
-    return randn(seed, count, device, start=stream.next_call() * READ_CALL_STRIDE).view(shape)
+    count = math.prod(shape)  # at most READ_CALL_STRIDE: 2^36 float16 levels would take 128 GiB
+    return randn_block(stream.next_call(device), count, READ_CALL_STRIDE).view(shape)
 
 
 def _store(state: CimState, name: str, value: torch.Tensor) -> None:

@@ -46,8 +46,10 @@ CASES = [
                                                "y_ptr": F32}, dict(HAS_BIAS=1), {}),
     ("quantize_rows", st._quantize_rows_kernel, {"x_ptr": F32, "out_ptr": F16, "scale_ptr": F32, "qmax": "fp32",
                                                  "tiny": "fp32"}, dict(DEQUANTIZE=0, BLOCK=4096), {}),
+    # read noise: the seed and the call's block read from the device (what a CUDA graph replays)
     ("philox_draw", philox_triton._draw_kernel, {"out_ptr": F32, "seed": "i64", "first": "i64", "start": "i64",
-                                                 "n": "i64"}, dict(NORMAL=1, BLOCK=1024), {}),
+                                                 "n": "i64", "state_ptr": "*i64", "block_counters": "i64"},
+     dict(NORMAL=1, FROM_STATE=1, BLOCK=1024), {}),
 ]
 BLOCKS = {"crossbar": dict(BM=128, BN=64, BK=128), "keyed_columns": dict(BK=32, BC=64),
           "split_linear": dict(BM=128, BN=128, BK=64), "dac_planes": dict(BB=16, BK=128)}

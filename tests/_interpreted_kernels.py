@@ -165,7 +165,19 @@ def regenerated_chips() -> None:
         print(json.dumps({"check": f"regenerated {target}", "keyed": chips, "equal": same}), flush=True)
 
 
+def read_noise_blocks() -> None:
+    """The draw kernel reading a read-noise stream's (seed, call) from memory draws the call's block of the stream."""
+    from nvcc_pt.targets import philox, philox_triton
+
+    seed, n = philox.ChipKey(5, 2).stream_seed(philox.READ), 1001
+    for call in (1, 7):
+        state = torch.tensor([seed, call], dtype=torch.int64)
+        error = (philox_triton.draw_block(state, n, 2**36) - philox.randn(seed, n, start=call * 2**36)).abs().max()
+        print(json.dumps({"check": f"read block {call}", "error": float(error)}), flush=True)
+
+
 if __name__ == "__main__":
+    read_noise_blocks()
     keyed_chips()
     dac_planes()
     gpu_paths()

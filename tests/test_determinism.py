@@ -4,6 +4,7 @@ The same plan, seed and inputs give bit-identical logits whatever torch's global
 on one or two threads, and in a fresh process; `program(seed)` restarts the read-noise sequence.
 """
 
+import copy
 import hashlib
 import json
 import subprocess
@@ -127,7 +128,7 @@ def test_read_noise_is_the_same_on_cpu_and_cuda(fidelity):
     x = torch.randn(6, 40)
     spec = nvcc_pt.get_target("pcm-256x256").replace(rows=16, cols=16)
     cpu = nvcc_pt.compile(model, spec, example_inputs=(x,), fidelity=fidelity, seed=3)
-    gpu = nvcc_pt.compile(model, spec, example_inputs=(x,), fidelity=fidelity, seed=3)
+    gpu = nvcc_pt.compile(copy.deepcopy(model), spec, example_inputs=(x,), fidelity=fidelity, seed=3)
     gpu.to("cuda").program(3)
     cpu.program(3)
     with torch.no_grad():

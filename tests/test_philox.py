@@ -192,6 +192,9 @@ def test_the_triton_draw_kernel_draws_what_the_torch_ops_draw():
     uniforms = philox_triton.draw(seed, n, torch.device(device), start, normal=False).cpu()
     assert torch.equal(uniforms, rand(seed, n, start=start))
     torch.testing.assert_close(normals, randn(seed, n, start=start), rtol=0, atol=1e-5)
+    state = torch.tensor([seed, 3], dtype=torch.int64, device=device)  # a read-noise stream's (seed, call)
+    block = philox_triton.draw_block(state, n, 2**36).cpu()
+    torch.testing.assert_close(block, randn(seed, n, start=3 * 2**36), rtol=0, atol=1e-5)
 
 
 # --- how much the programmed state adds to the model ------------------------------------------------------------
