@@ -117,18 +117,17 @@ class ReadStream:
     """
 
     def __init__(self, seed: int, op_index: int, device: torch.device | str | None = None):
-        self.seed, self.op_index = int(seed), int(op_index)
-        self.state = torch.tensor([self._stream_seed(), 0], dtype=torch.int64, device=device)
-
-    def _stream_seed(self) -> int:
-        from nvcc_pt.targets.philox import READ, ChipKey
-
-        return ChipKey(self.seed, self.op_index).stream_seed(READ)
+        self.state = torch.empty(2, dtype=torch.int64, device=device)
+        self.restart(seed, op_index)
 
     def restart(self, seed: int, op_index: int) -> None:
-        """Calls from 0 again, for (seed, op), in the same buffer."""
+        """Calls from 0 again, for (seed, op), in the same buffer (filled from the host's numbers: no copy, so
+        programming a model on a GPU does not wait for the device)."""
+        from nvcc_pt.targets.philox import READ, ChipKey
+
         self.seed, self.op_index = int(seed), int(op_index)
-        self.state.copy_(torch.tensor([self._stream_seed(), 0], dtype=torch.int64))
+        self.state[0].fill_(ChipKey(self.seed, self.op_index).stream_seed(READ))
+        self.state[1].zero_()
 
     @property
     def calls(self) -> int:

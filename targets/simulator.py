@@ -197,10 +197,15 @@ class KeyedChip:
 _SIGMAS: dict[tuple, torch.Tensor] = {}
 
 
+def kernel_draws(source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
+    """Whether the keyed kernel (`KeyedChip.kernel_columns`) can draw the op's chip: on a GPU with Triton, float16
+    levels (cells up to 11 bits), and no censored draws (training's)."""
+    return censor is None and levels_dtype(cfg["cell_bits"]) == torch.float16 and kernels_for(source) is not None
+
+
 def regenerates(noise: NoiseInfo, fidelity: str, source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
     """Whether `program_state` keeps the op's chip as a `KeyedChip` instead of its levels (`REGENERATE_LEVELS`)."""
-    return (REGENERATE_LEVELS and fidelity in CROSSBAR and censor is None
-            and levels_dtype(cfg["cell_bits"]) == torch.float16 and kernels_for(source) is not None)
+    return REGENERATE_LEVELS and fidelity in CROSSBAR and kernel_draws(source, cfg, censor)
 
 
 def _programmed_columns(levels: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, chip: KeyedChip,
@@ -273,6 +278,11 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         state.weight = source
         state.levels = no_levels
         setattr(state.levels, CHIP_ATTR, chip)
+        return
+    if fidelity == "noisy" and kernel_draws(source, cfg, censor):  # one kernel pass draws the columns
+        columns = chip.kernel_columns(kernels_for(source), source, scale, cfg)
+        _store(state, "weight", columns_weight(columns, scale, cfg, source.shape[1]).to(source.dtype))
+        state.levels = no_levels
         return
     programmed, columns = _programmed_columns(levels_of(codes, cfg), codes, scale, chip, cfg, censor,
                                               fidelity in CROSSBAR)

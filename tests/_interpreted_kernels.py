@@ -163,6 +163,16 @@ def regenerated_chips() -> None:
         simulator.kernels_for = cpu_kernels
         chips = all(getattr(state.levels, CHIP_ATTR, None) is not None for _, state in keyed.plan.states())
         print(json.dumps({"check": f"regenerated {target}", "keyed": chips, "equal": same}), flush=True)
+        # noisy chips: the keyed kernel draws the columns, the effective weight is read back from them
+        stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="noisy", seed=3)
+        simulator.kernels_for = lambda t: simulator_triton
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # programming runs ops on torch's thread count: the interpreter is not thread-safe
+        drawn = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="noisy", seed=3)
+        torch.set_num_threads(threads)
+        simulator.kernels_for = cpu_kernels
+        same = all(torch.equal(a.weight, b.weight) for (_, a), (_, b) in zip(stored.plan.states(), drawn.plan.states()))
+        print(json.dumps({"check": f"noisy drawn {target}", "equal": same}), flush=True)
 
 
 def read_noise_blocks() -> None:

@@ -367,6 +367,23 @@ def test_regenerated_levels_are_the_stored_ones(target, changes):
 
 
 @needs_triton_gpu
+@pytest.mark.parametrize(("target", "changes"), KEYED)
+def test_noisy_chips_drawn_by_the_kernel_are_the_torch_ops_chips(target, changes, monkeypatch):
+    from nvcc_pt.targets import simulator
+
+    time_s = 1e4 if target.startswith("pcm") else None
+    _, x, drawn, _ = _regenerated_and_stored(target, changes, fidelity="noisy", time_s=time_s)
+    monkeypatch.setattr(simulator, "kernel_draws", lambda source, cfg, censor: False)
+    _, _, torch_ops, _ = _regenerated_and_stored(target, changes, fidelity="noisy", time_s=time_s)
+    for (_, a), (_, b) in zip(drawn.plan.states(), torch_ops.plan.states()):
+        if time_s is None:  # the same draws, each operation rounded as the torch ops round it
+            assert torch.equal(a.weight, b.weight)
+        else:  # drift's power may round a stored level a unit apart from torch's
+            torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=2**-8 * float(b.scale.max()) * 4)
+    assert not torch.equal(drawn.plan.states()[0][1].weight, drawn.plan.states()[0][1].source)
+
+
+@needs_triton_gpu
 def test_a_regenerated_chip_holds_almost_no_state_and_serves_every_user_path(tmp_path):
     import nvcc_pt
 

@@ -43,7 +43,8 @@ def test_the_kernels_in_the_interpreter_give_what_the_torch_ops_give():
     - the DAC planes and their digit sums are `devices.input_planes`';
     - whole models through the GPU code paths (crossbar, split product, DAC planes), forward and input gradient
       (which reads the crossbar kernel's clip flags), match the CPU paths to float32 rounding, as on a GPU;
-    - models compiled as on a GPU, whose chips regenerate per call, give the stored chips' outputs;
+    - models compiled as on a GPU, whose chips regenerate per call, give the stored chips' outputs, and noisy
+      chips drawn by the same kernel hold the stored chips' weights;
     - read noise drawn from a (seed, call) pair in device memory is the stream's block for that call."""
     checks = _run("_interpreted_kernels.py", TRITON_INTERPRET="1")
     keyed = [c for c in checks if c["check"].startswith("keyed")]
@@ -60,5 +61,7 @@ def test_the_kernels_in_the_interpreter_give_what_the_torch_ops_give():
         assert c["error"] <= 1e-5 * c["scale"] and c["grad_error"] <= 1e-5 * c["grad_scale"], c
     regenerated = [c for c in checks if c["check"].startswith("regenerated")]
     assert len(regenerated) == 2 and [c for c in regenerated if not (c["keyed"] and c["equal"])] == []
+    drawn = [c for c in checks if c["check"].startswith("noisy drawn")]
+    assert len(drawn) == 2 and all(c["equal"] for c in drawn)
     blocks = [c for c in checks if c["check"].startswith("read block")]
     assert len(blocks) == 2 and all(c["error"] <= 1e-5 for c in blocks)
