@@ -88,7 +88,7 @@ def measure(name: str, device: torch.device, fidelities: list[str], target: str,
     from nvcc_pt.targets import simulator
 
     row = {"model": name, "device": str(device), "target": target, "tokens": tokens,
-           "regenerate_levels": simulator.REGENERATE_LEVELS,
+           "regenerate_levels": simulator.REGENERATE_LEVELS.get(device.type, False),
            "params": sum(p.numel() for p in model.parameters()), "model_gb": model_bytes / 2**30,
            "build_s": built, "plain_forward_s": plain_s, "export_s": export_s, "fidelities": {}}
     _release(device)
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed forward passes per figure (after a warm-up)")
     parser.add_argument("--chips", type=int, default=0, help="also time Monte Carlo over this many chips")
     parser.add_argument("--stored-levels", action="store_true",
-                        help="store the crossbar levels (simulator.REGENERATE_LEVELS = False)")
+                        help="store the crossbar levels (simulator.REGENERATE_LEVELS['cuda'] = False)")
     args = parser.parse_args()
     unknown = [m for m in args.models.split(",") if m not in SHAPES]
     if unknown:
@@ -143,7 +143,7 @@ def main() -> None:
     if args.stored_levels:
         from nvcc_pt.targets import simulator
 
-        simulator.REGENERATE_LEVELS = False
+        simulator.REGENERATE_LEVELS["cuda"] = False
     for name in args.models.split(","):
         print(json.dumps(measure(name, device, args.fidelities.split(","), args.target, args.tokens, args.reps,
                                  args.chips)),

@@ -183,7 +183,9 @@ class CimState(nn.Module):
         adc_range = self.adc_range
         stream = getattr(self.scale, READ_STREAM_ATTR, None)
         chip = getattr(self.levels, CHIP_ATTR, None)
-        if chip is not None and not fn(self.levels).is_cuda:  # a regenerated chip leaving the GPU: store it there
+        if chip is not None and fn(self.levels).device.type != self.levels.device.type:
+            # a regenerated chip moving to another kind of device is stored first: the two kinds' draws round their
+            # log and cosine a unit apart
             from nvcc_pt.targets.simulator import store_chip
 
             store_chip(self)

@@ -131,12 +131,14 @@ def crossbar_levels(programmed: torch.Tensor, cfg: dict) -> torch.Tensor:
     return kns.reshape(tiles, rows, s * n).contiguous()
 
 
-REGENERATE_LEVELS = True
-"""On a GPU with Triton, crossbar ops (`adc`, `bit-serial`) keep neither their levels nor their effective weight: each
-call regenerates the levels from the model's weight and the chip's key (`KeyedChip`) in one kernel pass, so the
-programmed state adds almost nothing to the model (the stored levels take twice the fp32 weight's bytes at 4 slices,
-the effective weight once more). False stores them, which saves that pass per call. Censored (training) draws and
-cells wider than 11 bits are always stored."""
+REGENERATE_LEVELS = {"cuda": True, "cpu": False}
+"""Per device type, whether crossbar ops (`adc`, `bit-serial`) keep neither their levels nor their effective weight:
+each call regenerates the levels from the model's weight and the chip's key (`KeyedChip`), so the programmed state
+adds almost nothing to the model (stored levels take twice the fp32 weight's bytes at 4 slices, the effective
+weight once more). On a GPU with Triton that is one kernel pass per call. On the CPU it is the torch ops with the
+compiled generator, 0.094 s per call of a 1024x1024 op: a fifth of that op's `bit-serial` call at 256 tokens and
+fifteen times its call for one token, so the CPU stores chips unless this says otherwise. Censored (training)
+draws, and on a GPU cells wider than 11 bits, are always stored."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,9 @@ def kernel_draws(source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
 
 def regenerates(noise: NoiseInfo, fidelity: str, source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
     """Whether `program_state` keeps the op's chip as a `KeyedChip` instead of its levels (`REGENERATE_LEVELS`)."""
-    return REGENERATE_LEVELS and fidelity in CROSSBAR and kernel_draws(source, cfg, censor)
+    if not REGENERATE_LEVELS.get(source.device.type, False) or fidelity not in CROSSBAR:
+        return False
+    return censor is None if source.device.type == "cpu" else kernel_draws(source, cfg, censor)
 
 
 def _programmed_columns(levels: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, chip: KeyedChip,
@@ -688,10 +692,12 @@ def _kept_call(stored: torch.Tensor, adc_range: torch.Tensor, cfg: dict, bit_ser
 
 
 def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_range: torch.Tensor,
-              cfg: dict, bit_serial: bool, record_clips: bool = False) -> torch.Tensor:
+              cfg: dict, bit_serial: bool, record_clips: bool = False, keep: bool = True) -> torch.Tensor:
     """Integer-domain crossbar product of `x` [B, K] -> [B, N] through DAC, arrays, ADCs and shift-and-add.
 
     `record_clips` stores the op's clip mask `[R, B, N]` in `ops.CLIPPED` (the gradient's; see `nvcc_pt.ops`).
+    `keep`: the CPU may keep the call's prepared tiles on `levels` between calls (`KEPT_BYTES`; not for levels
+    regenerated per call).
     """
     stored = levels  # as stored (`devices.levels_dtype`), multiplied in float32
     sn = levels.shape[-1]
@@ -700,7 +706,7 @@ def _crossbar(x: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor, adc_ra
     _check_finite(sx, cfg)
     read = cfg.get("read_sigma", 0.0) * (2 ** cfg["cell_bits"] - 1)
     kept = None
-    if x.device.type == "cpu" and read <= 0 and not record_clips and not recording():
+    if keep and x.device.type == "cpu" and read <= 0 and not record_clips and not recording():
         kept = _kept_call(stored, adc_range, cfg, bit_serial, x.shape[-1])
     fused = kernels_for(x) if not recording() else None
     fused = fused if fused is not None and fused.fits(cfg, bit_serial) else None  # float16 digits, exactly
@@ -834,7 +840,7 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         flat = x.reshape(-1, x.shape[-1]).float()
         grads = x.requires_grad or weight.requires_grad  # (autograd is off inside the op; the flags are kept)
         CLIPPED.pop(cfg["op"], None)  # a mask is this call's: one a call without autograd left must not carry over
-        y = _crossbar(flat, levels, scale, adc_range, cfg, fidelity == "bit-serial", grads)
+        y = _crossbar(flat, levels, scale, adc_range, cfg, fidelity == "bit-serial", grads, keep=chip is None)
         if _progress is not None:
             _progress.update(1)
         y = y.to(x.dtype).reshape(*x.shape[:-1], -1)

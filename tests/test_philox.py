@@ -257,11 +257,11 @@ KEYED = [
 def _stored_chips():
     from nvcc_pt.targets import simulator
 
-    simulator.REGENERATE_LEVELS = False
+    simulator.REGENERATE_LEVELS["cuda"] = False
     try:
         yield
     finally:
-        simulator.REGENERATE_LEVELS = True
+        simulator.REGENERATE_LEVELS["cuda"] = True
 
 
 def _regenerated_and_stored(target, changes, fidelity="bit-serial", device="cuda", time_s=None):
@@ -284,7 +284,8 @@ def _regenerated_and_stored(target, changes, fidelity="bit-serial", device="cuda
 @pytest.mark.parametrize("target", ["reram-128x128", "rram4-128x128"])
 def test_a_regenerated_chip_serves_every_user_path(tmp_path, monkeypatch, target):
     """Every path that reads a chip (forward, gradient, analysis, plan files, ONNX, Monte Carlo) gives what the stored
-    chip gives. A GPU regenerates the levels in a Triton pass; here the torch draws stand in for it on the CPU."""
+    chip gives. A GPU regenerates the levels in a Triton pass; the CPU, where `REGENERATE_LEVELS["cpu"]` asks for it,
+    with the torch ops."""
     import onnxruntime as ort
     from nvcc_pt.targets import simulator
 
@@ -296,14 +297,16 @@ def test_a_regenerated_chip_serves_every_user_path(tmp_path, monkeypatch, target
     spec = nvcc_pt.get_target(target).replace(rows=16, cols=16, stuck_at_gmin=0.01)
     x = torch.randn(5, 37)
     stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
-    monkeypatch.setattr(simulator, "regenerates", lambda noise, fidelity, source, cfg, censor: (
-        fidelity in simulator.CROSSBAR and censor is None))
+    monkeypatch.setitem(simulator.REGENERATE_LEVELS, "cpu", True)  # the user's switch
     keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
     assert all(getattr(s.levels, CHIP_ATTR, None) is not None for _, s in keyed.plan.states())
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     assert sum(s.programmed_bytes() for _, s in keyed.plan.states()) < 0.1 * model_bytes
+    kept = simulator._kept_total[0]
     with torch.no_grad():
-        assert torch.equal(keyed(x), stored(x))
+        regenerated = keyed(x)
+        assert simulator._kept_total[0] == kept  # levels regenerated per call keep no prepared tiles either
+        assert torch.equal(regenerated, stored(x))
     for (_, k), (_, st) in zip(keyed.plan.states(), stored.plan.states()):
         assert torch.equal(k.effective_weight(), st.weight) and torch.equal(k.stored_levels(), st.levels)
     grads = []
