@@ -55,11 +55,10 @@ class CompiledModel:
         self.report = report
         self.soft_prompt = soft_prompt
         """The soft prompt used when a call passes none (prompted models with the prompt as an input)."""
-        self.cuda_graphs = not write_states(plan.graph_module)
+        self.cuda_graphs = True
         """On a CUDA device, replay repeated inference calls (no autograd) from CUDA graphs, one per input shape.
-        A replay draws the next call's read noise (the draw kernel reads each op's (seed, call) on the GPU). Off
-        for mapped dynamic products, whose write noise is keyed on the host per call, so that a replay never
-        repeats one call's draw."""
+        A replay draws the next call's read and write noise: the draw kernel reads each op's stream seeds and call
+        count where they live, on the GPU (`philox.randn_block`)."""
         self._graphs = GraphCache()
         self._checked = None
         self._addresses: tuple | None = None
@@ -206,7 +205,7 @@ class CompiledModel:
             list(tqdm(pool.map(program_one, range(len(states))), total=len(states), desc="programming crossbars",
                       disable=len(states) < 64))
         for _, writes in write_states(self.graph_module):
-            writes.reseed(seed)  # operands written per input draw their noise from (seed, op, call)
+            writes.reseed(seed)  # operands written per input draw their noise from (seed, op) a block per call
         self.plan.seed = seed
         self.report._data["seed"] = seed
         self._state_replaced()

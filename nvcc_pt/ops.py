@@ -239,8 +239,9 @@ class CimState(nn.Module):
 
 
 # `nvcc_pt::cim_matmul(a, b, state, config) -> a @ b` with `b` (k^T or v of attention, batched over batch and
-# heads) written into crossbar cells on every call. `state` is the op's `WriteState.key`, (seed, calls made):
-# the op reads it to seed this call's write noise and counts the call in it, so runs replay from a seed.
+# heads) written into crossbar cells on every call. `state` is the op's `WriteState.key` (each write-noise stream's
+# seed and the calls made, `philox.BlockKey`): the op counts the call in it and draws the call's block of each
+# stream where the state lives, so runs replay from a seed.
 torch.library.define("nvcc_pt::cim_matmul", "(Tensor a, Tensor b, Tensor state, str config) -> Tensor")
 
 
@@ -273,30 +274,34 @@ torch.library.register_autograd("nvcc_pt::cim_matmul", _matmul_backward, setup_c
 
 
 class WriteState(nn.Module):
-    """What a mapped dynamic product keeps between calls: `key` = (seed, calls so far), on the CPU.
+    """What a mapped dynamic product keeps between calls: `key`, its write noise's `philox.BlockKey` state (each
+    stream's seed for (seed, op), and the calls so far), on the op's device.
 
-    The write noise of call `c` is drawn from a generator keyed by (seed, op index, c), so the same
-    seed and the same sequence of inputs give the same numbers; `reseed` starts the count again.
+    The write noise of call `c` is block `c` of the op's streams, so the same seed and the same sequence of inputs
+    give the same numbers on every device, and a CUDA graph's replay draws the next call's; `reseed` starts the
+    count again.
 
     Example:
-        >>> state = WriteState(seed=0); state.reseed(3); state.key.tolist()
-        [3, 0]
+        >>> state = WriteState(seed=0, config={"op_index": 2}); state.reseed(3); state.calls
+        0
     """
 
     def __init__(self, seed: int, config: dict[str, Any] | None = None):
         super().__init__()
-        self.register_buffer("key", torch.tensor([int(seed), 0], dtype=torch.int64), persistent=False)
         self.config = dict(config or {})
+        self.register_buffer("key", torch.empty(3, 2, dtype=torch.int64), persistent=False)
+        self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        self.key.copy_(torch.tensor([int(seed), 0]))
+        from nvcc_pt.targets.philox import BlockKey
 
-    def _apply(self, fn, recurse=True):
-        # The key is read and bumped on the host every call: it stays on the CPU (no device sync per op).
-        key = self.key
-        super()._apply(fn, recurse)
-        self.key = key
-        return self
+        self.seed = int(seed)
+        BlockKey.start(self.seed, int(self.config.get("op_index", 0)), state=self.key)
+
+    @property
+    def calls(self) -> int:
+        """The calls written so far (a read from the device where the key is on one)."""
+        return int(self.key[0, 1])
 
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
-from nvcc_pt.targets.philox import DRIFT, FAULT, VARIATION, ChipKey
+from nvcc_pt.targets.philox import DRIFT, FAULT, VARIATION, BlockKey, ChipKey
 
 from nvcc_pt.errors import TargetError
 from nvcc_pt.meta import NoiseInfo
@@ -107,17 +107,18 @@ def levels_of(codes: torch.Tensor, cfg: dict) -> torch.Tensor:
 
 
 
-def _draw(key: ChipKey | torch.Generator, stream: int, shape: torch.Size, device: torch.device,
+def _draw(key: ChipKey | BlockKey | torch.Generator, stream: int, shape: torch.Size, device: torch.device,
           uniform: bool = False) -> torch.Tensor:
     """Draws of one stream for every cell of `shape`, on `device`: from the keyed generator (cell `i` of the
-    flattened shape is counter `i`), or from a torch generator (on its own device, in call order)."""
-    if isinstance(key, ChipKey):
+    flattened shape is counter `i` of a `ChipKey`, or of a `BlockKey`'s block), or from a torch generator (on its own
+    device, in call order)."""
+    if not isinstance(key, torch.Generator):
         return (key.uniform if uniform else key.normal)(stream, shape, device)
     sample = torch.rand if uniform else torch.randn
     return sample(shape, generator=key, dtype=torch.float32, device=key.device).to(device)
 
 
-def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, key: ChipKey | torch.Generator,
+def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, key: ChipKey | BlockKey | torch.Generator,
                    time_s: float | None = None, g_min_levels: float = 0.0, drift_t0_s: float = 20.0,
                    censor: float | None = None,
                    weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -134,15 +135,16 @@ def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, key: 
 
     With a `ChipKey` (`targets.philox`) every draw is a function of (seed, op, stream, cell index): the
     variation, drift and fault streams are separate, the draws are made on the levels' device, and the same
-    key is the same chip on every device. A `torch.Generator` draws in a fixed order (variation, drift,
-    faults) on the generator's device instead (per-call write noise, where a chip is not kept).
+    key is the same chip on every device. A `BlockKey` (an operand written per call) draws the call's block of
+    each stream the same way. A `torch.Generator` draws in a fixed order (variation, drift, faults) on the
+    generator's device instead.
 
     Example:
         >>> info = get_target("rram1-128x128").device.noise_record(4)
         >>> program_levels(levels, info, 2, ChipKey(seed=0, op=0), weights=(codes, scale))
     """
     top = 2**cell_bits - 1
-    on = levels.device if isinstance(key, ChipKey) else key.device
+    on = key.device if isinstance(key, torch.Generator) else levels.device
     cells = levels.detach().to(on)
     if noise.variation == "per-weight":
         if weights is None:
@@ -213,7 +215,7 @@ def band_scale(ratio: torch.Tensor, band_factor: float) -> torch.Tensor:
 
 
 def weight_variation(codes: torch.Tensor, scale: torch.Tensor, noise: NoiseInfo, cell_bits: int, slices: int,
-                     key: ChipKey | torch.Generator, censor: float | None = None) -> torch.Tensor:
+                     key: ChipKey | BlockKey | torch.Generator, censor: float | None = None) -> torch.Tensor:
     """One per-weight deviation per code `[N, K]`, in code units (multiply by `scale` for weight units).
 
     The weights are `w = codes * scale[:, None]` and `max|W|` is over the whole tensor, as the group

@@ -142,14 +142,58 @@ def randn(seed: int, count: int, device: torch.device | str = "cpu", start: int 
     return _draws(seed, count, start, device, _normal4)
 
 
-def randn_block(state: torch.Tensor, count: int, stride: int) -> torch.Tensor:
-    """Standard normals of the stream whose seed is `state[0]`, draws `state[1] * stride .. + count - 1` (`state`:
-    an int64 pair on the draws' device; `stride` a multiple of 4). On a GPU with Triton the kernel reads the pair
-    where it is, so a CUDA graph's replay draws the block the pair holds at that replay."""
+def randn_block(state: torch.Tensor, count: int, stride: int, normal: bool = True) -> torch.Tensor:
+    """Standard normals (or, not `normal`, uniforms) of the stream whose seed is `state[0]`, draws
+    `state[1] * stride .. + count - 1` (`state`: an int64 pair on the draws' device; `stride` a multiple of 4). On a
+    GPU with Triton the kernel reads the pair where it is, so a CUDA graph's replay draws the block the pair holds
+    at that replay."""
     if state.is_cuda and (kernel := _kernel(state.device)) is not None:
-        return kernel.draw_block(state, count, stride)
+        return kernel.draw_block(state, count, stride, normal)
     seed, block = state.tolist()
-    return randn(seed, count, state.device, start=block * stride)
+    return (randn if normal else rand)(seed, count, state.device, start=block * stride)
+
+
+BLOCK_STRIDE = 2**36
+"""Draws per block of a stream drawn a block per call (read noise, `simulator.read_normals`; write noise,
+`BlockKey`): call `n`'s cell `i` is draw `n * BLOCK_STRIDE + i` (2^36 float16 levels would take 128 GiB)."""
+
+
+class BlockKey:
+    """The key of one call's draws of an operand written per call (a mapped dynamic product): `state` `[3, 2]`, on
+    the draws' device, holds each stream's (`VARIATION`, `DRIFT`, `FAULT`) Philox seed and the call's number, and
+    cell `i` of stream `s` is draw `state[s, 1] * BLOCK_STRIDE + i` of stream seed `state[s, 0]`. The draws read
+    the state where it lives, so a CUDA graph's replay draws the call it is.
+
+    Example:
+        >>> state = BlockKey.start(seed=0, op=2)
+        >>> BlockKey(state).normal(VARIATION, (2, 3)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, state: torch.Tensor):
+        self.state = state
+
+    @staticmethod
+    def start(seed: int, op: int, device: torch.device | str | None = None,
+              state: torch.Tensor | None = None) -> torch.Tensor:
+        """The state of (seed, op) before its first call (written into `state` where given, from the host's numbers:
+        no copy, so nothing waits for the device)."""
+        state = torch.empty(3, 2, dtype=torch.int64, device=device) if state is None else state
+        for stream in (VARIATION, DRIFT, FAULT):
+            state[stream, 0].fill_(ChipKey(seed, op).stream_seed(stream))
+        state[:, 1].zero_()
+        return state
+
+    def normal(self, stream: int, shape: tuple[int, ...] | torch.Size,
+               device: torch.device | str | None = None) -> torch.Tensor:
+        """Standard normals `shape` (float32) of the call's block of `stream`, on the state's device."""
+        return randn_block(self.state[stream], math.prod(int(n) for n in shape), BLOCK_STRIDE).view(tuple(shape))
+
+    def uniform(self, stream: int, shape: tuple[int, ...] | torch.Size,
+                device: torch.device | str | None = None) -> torch.Tensor:
+        """Uniforms in [0, 1) `shape` (float32) of the call's block of `stream`, on the state's device."""
+        return randn_block(self.state[stream], math.prod(int(n) for n in shape), BLOCK_STRIDE,
+                           normal=False).view(tuple(shape))
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,12 @@ def draw(seed: int, count: int, device: torch.device, start: int = 0, normal: bo
     return out
 
 
-def draw_block(state: torch.Tensor, count: int, stride: int) -> torch.Tensor:
-    """Normals `state[1] * stride .. + count - 1` of the stream whose seed is `state[0]` (an int64 pair on the GPU,
-    read by the kernel: a CUDA graph's replay draws the block the state holds then); `stride` a multiple of 4."""
+def draw_block(state: torch.Tensor, count: int, stride: int, normal: bool = True) -> torch.Tensor:
+    """Draws `state[1] * stride .. + count - 1` (normals, or uniforms in [0, 1)) of the stream whose seed is
+    `state[0]` (an int64 pair on the GPU, read by the kernel: a CUDA graph's replay draws the block the state holds
+    then); `stride` a multiple of 4."""
     out = torch.empty(count, device=state.device, dtype=torch.float32)
     if count:
-        _draw_kernel[(triton.cdiv(count, 4 * BLOCK),)](out, 0, 0, 0, count, state, stride // 4, NORMAL=True,
+        _draw_kernel[(triton.cdiv(count, 4 * BLOCK),)](out, 0, 0, 0, count, state, stride // 4, NORMAL=normal,
                                                        FROM_STATE=True, BLOCK=BLOCK)
     return out

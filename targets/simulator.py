@@ -74,7 +74,7 @@ from nvcc_pt.targets.devices import (
     slice_places,
     weight_codes,
 )
-from nvcc_pt.targets.philox import DRIFT, FAULT, VARIATION, ChipKey, randn_block
+from nvcc_pt.targets.philox import BLOCK_STRIDE, DRIFT, FAULT, VARIATION, ChipKey, randn_block
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
@@ -304,10 +304,6 @@ def start_read_streams(states: list[tuple[str, CimState]], seed: int) -> None:
             state.start_read_stream(seed, i)
 
 
-READ_CALL_STRIDE = 2**36
-"""Draws per call in an op's read-noise stream: call `n`'s cell `i` is draw `n * READ_CALL_STRIDE + i`."""
-
-
 def read_normals(scale: torch.Tensor, cfg: dict, shape: torch.Size, device: torch.device) -> torch.Tensor:
     """One call's standard normals `shape` for an op's read noise: the next call's block of the keyed generator's
     `READ` stream for (seed, op) (`ReadStream`, kept on the op's `scale` buffer), the same on every device. On a
@@ -316,8 +312,7 @@ def read_normals(scale: torch.Tensor, cfg: dict, shape: torch.Size, device: torc
     if stream is None:  # a state never programmed here: key it by the op's name, deterministically
         stream = ReadStream(0, zlib.crc32(cfg["op"].encode()), device)
         setattr(scale, READ_STREAM_ATTR, stream)
-    count = math.prod(shape)  # at most READ_CALL_STRIDE: 2^36 float16 levels would take 128 GiB
-    return randn_block(stream.next_call(device), count, READ_CALL_STRIDE).view(shape)
+    return randn_block(stream.next_call(device), math.prod(shape), BLOCK_STRIDE).view(shape)
 
 
 def _store(state: CimState, name: str, value: torch.Tensor) -> None:

@@ -5,8 +5,9 @@ its right operand `b` (k^T or v, `[..., K, N]`, batched over batch and heads) is
 this input. Per call, every instance's `b^T` `[N, K]` goes through the same steps a static weight
 goes through in `program_state`: per-column symmetric quantization to `weight_bits`, sign split,
 bit slicing into cell levels, and programming with write noise from the target's device model
-(`program_levels`), drawn from the keyed generator (`targets.philox`): the key is (seed, op, call), so a seed
-replays the same writes on every device, drawn where the operand lives. Then:
+(`program_levels`), drawn from the keyed generator (`targets.philox.BlockKey`): call `c`'s noise is block `c` of
+the op's streams, so a seed replays the same writes on every device, drawn where the operand lives, and a CUDA
+graph's replay draws the call it is. Then:
 
   exact       a @ b;
   quantized   quantized `a` (per row, `input_bits`) times quantized `b`;
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import torch
 from nvcc_pt.targets.devices import levels_of, program_levels, quantize_input_int, read_back, weight_codes
-from nvcc_pt.targets.philox import ChipKey
+from nvcc_pt.targets.philox import BlockKey
 from nvcc_pt.targets.simulator import (
     CROSSBAR,
     IMPLEMENTED,
@@ -42,7 +43,7 @@ def write_noise_info(cfg: dict) -> NoiseInfo:
                      stuck_at_gmin=cfg.get("stuck_at_gmin", 0.0), stuck_at_gmax=cfg.get("stuck_at_gmax", 0.0))
 
 
-def written_levels(w: torch.Tensor, cfg: dict, key: ChipKey | None) -> tuple[torch.Tensor, torch.Tensor]:
+def written_levels(w: torch.Tensor, cfg: dict, key: BlockKey | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cell levels `[P, S, N, K]` holding the weight `w` `[N, K]` after one write (ideal if `key` is None), and
     the per-column scale `[N]`: what `program_state` does to a static weight, done per input."""
     codes, scale = weight_codes(w, cfg)
@@ -67,9 +68,8 @@ def cim_matmul(a: torch.Tensor, b: torch.Tensor, state: torch.Tensor, config: st
     w = b.transpose(-2, -1).reshape(-1, k).float()  # every instance's [N, K] weight, stacked
     key = None
     if fidelity != "quantized":
-        seed, call = state.tolist()
-        state[1] += 1  # the next call draws fresh write noise
-        key = ChipKey(seed, cfg["op_index"], call)
+        state[:, 1].add_(1)  # this call's block of the write noise, counted on the state's device
+        key = BlockKey(state)
     levels, scale = written_levels(w, cfg, key)
     if fidelity in CROSSBAR:
         flat_a = a.reshape(-1, *a.shape[-2:]).float()

@@ -103,8 +103,8 @@ def test_program_restarts_the_read_noise_sequence_whatever_the_global_generator_
 
 
 def test_read_noise_is_the_keyed_stream_of_seed_op_and_call():
-    from nvcc_pt.targets.philox import READ, ChipKey, randn
-    from nvcc_pt.targets.simulator import READ_CALL_STRIDE, _read_noise_weight
+    from nvcc_pt.targets.philox import BLOCK_STRIDE, READ, ChipKey, randn
+    from nvcc_pt.targets.simulator import _read_noise_weight
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.Linear(10, 6))
@@ -114,7 +114,7 @@ def test_read_noise_is_the_keyed_stream_of_seed_op_and_call():
     weight = state.effective_weight()
     for call in (1, 2):  # the calls after programming
         noise = (_read_noise_weight(weight, state.scale, state.config) - weight) / state.scale[:, None]
-        z = randn(ChipKey(7, 1).stream_seed(READ), weight.numel(), start=call * READ_CALL_STRIDE).view(weight.shape)
+        z = randn(ChipKey(7, 1).stream_seed(READ), weight.numel(), start=call * BLOCK_STRIDE).view(weight.shape)
         ratio = noise / z  # one sigma for every cell: the read noise of the weight's cells summed
         torch.testing.assert_close(ratio, ratio.mean().expand_as(ratio), rtol=1e-3, atol=0)
         assert float(ratio.mean()) > 0
