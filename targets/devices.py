@@ -118,6 +118,18 @@ def _draw(key: ChipKey | BlockKey | torch.Generator, stream: int, shape: torch.S
     return sample(shape, generator=key, dtype=torch.float32, device=key.device).to(device)
 
 
+_SIGMAS: dict[tuple, torch.Tensor] = {}
+
+
+def level_sigma_steps(level_sigmas: tuple[float, ...], top: int, device: torch.device) -> torch.Tensor:
+    """Each level's sigma in level steps, on `device`: copied there once per device model, not per call (a copy from
+    the host cannot be recorded into a CUDA graph, and waits for the device)."""
+    key = (tuple(level_sigmas), top, str(device))
+    if key not in _SIGMAS:
+        _SIGMAS[key] = torch.tensor(level_sigmas, dtype=torch.float32, device=device) * top
+    return _SIGMAS[key]
+
+
 def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, key: ChipKey | BlockKey | torch.Generator,
                    time_s: float | None = None, g_min_levels: float = 0.0, drift_t0_s: float = 20.0,
                    censor: float | None = None,
@@ -154,7 +166,7 @@ def program_levels(levels: torch.Tensor, noise: NoiseInfo, cell_bits: int, key: 
         deviation = weight_variation(codes, scale, noise, cell_bits, cells.shape[1], key, censor)
         programmed = cells.float() + spread_over_cells(deviation, codes, cells.shape, cell_bits)
     else:
-        sigmas = torch.tensor(noise.level_sigmas, dtype=torch.float32, device=on) * top
+        sigmas = level_sigma_steps(noise.level_sigmas, top, on)
         z = _draw(key, VARIATION, cells.shape, on)
         if censor is not None:
             z.clamp_(max=censor)

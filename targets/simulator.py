@@ -61,6 +61,7 @@ from nvcc_pt.targets.devices import (
     band_scale,
     digit_max,
     input_planes,
+    level_sigma_steps,
     levels_dtype,
     levels_of,
     magnitudes,
@@ -166,10 +167,7 @@ class KeyedChip:
         """`columns` from the Triton pass of the kernel module `fused` (`simulator_triton.keyed_columns`)."""
         key = op_generator(self.seed, self.op)
         top = 2 ** cfg["cell_bits"] - 1
-        found = (self.noise.level_sigmas, top, str(weight.device))
-        if found not in _SIGMAS:  # copied once (a copy from the host cannot be recorded into a CUDA graph)
-            _SIGMAS[found] = (torch.tensor(self.noise.level_sigmas, dtype=torch.float32) * top).to(weight.device)
-        sigmas = _SIGMAS[found]
+        sigmas = level_sigma_steps(self.noise.level_sigmas, top, weight.device)
         drift = None
         if self.noise.drift_nu > 0 and self.time_s is not None and self.time_s > self.t0:
             drift = (self.time_s / self.t0, self.noise.drift_nu, DRIFT_NU_REL_STD, self.g_min)

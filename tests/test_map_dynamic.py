@@ -296,19 +296,13 @@ def test_onnx_export_refuses_mapped_dynamic_products(noisy, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("fidelity", ["noisy", "adc"])
-def test_write_noise_on_cuda_is_the_cpus_and_replays_from_graphs(fidelity, ids):
+def test_write_noise_on_cuda_is_the_cpus(fidelity, ids):
     cpu = nvcc_pt.compile(build_model("builtin:tiny-llama"), fidelity=fidelity, seed=3, policy=DYNAMIC)
     gpu = nvcc_pt.compile(build_model("builtin:tiny-llama"), fidelity=fidelity, seed=3, policy=DYNAMIC).to("cuda")
     gpu.program(3)
     with torch.no_grad():
-        replayed = [_logits(gpu(ids.cuda())).cpu() for _ in range(4)]  # eager, recorded, replayed twice
-        assert len(gpu._graphs) == 1
-        assert not torch.equal(replayed[2], replayed[3])  # a replay writes the next call's noise
-        gpu.cuda_graphs = False
-        gpu.program(3)
-        eager = [_logits(gpu(ids.cuda())).cpu() for _ in range(4)]
-        on_cpu = [_logits(cpu(ids)) for _ in range(4)]
-    for a, b, c in zip(replayed, eager, on_cpu):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-        # the same draws on both devices, to float rounding (a rounding boundary may move one ADC code)
-        assert float((b - c).abs().mean()) < 0.01 * float(c.abs().mean())
+        on_gpu = [_logits(gpu(ids.cuda())).cpu() for _ in range(3)]
+        on_cpu = [_logits(cpu(ids)) for _ in range(3)]
+    assert len(gpu._graphs) == 0 and not torch.equal(on_gpu[1], on_gpu[2])  # eager calls, a fresh write each
+    for a, b in zip(on_gpu, on_cpu):  # the same draws on both devices, to float rounding (an ADC code may move)
+        assert float((a - b).abs().mean()) < 0.01 * float(b.abs().mean())
