@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
@@ -142,35 +143,45 @@ def gpu_paths() -> None:
               flush=True)
 
 
+@contextmanager
+def as_on_a_gpu(threads: int | None = None):
+    """The simulator's GPU choices on the CPU: its Triton kernels (`kernels_for`), chips regenerated per call, and
+    with `threads`, torch's thread count (programming runs ops on that many threads; the interpreter is not
+    thread-safe)."""
+    from nvcc_pt.targets import simulator
+
+    kernels, regenerate, count = simulator.kernels_for, dict(simulator.REGENERATE_LEVELS), torch.get_num_threads()
+    simulator.kernels_for = lambda t: simulator_triton
+    simulator.REGENERATE_LEVELS["cpu"] = simulator.REGENERATE_LEVELS["cuda"]
+    torch.set_num_threads(threads or count)
+    try:
+        yield
+    finally:
+        simulator.kernels_for = kernels
+        simulator.REGENERATE_LEVELS.update(regenerate)
+        torch.set_num_threads(count)
+
+
 def regenerated_chips() -> None:
     """Models compiled as on a GPU, whose chips regenerate per call (`simulator.KeyedChip`), against stored chips, both
     through the GPU code paths."""
-    from nvcc_pt.targets import simulator
-
     from nvcc_pt.ops import CHIP_ATTR
 
-    cpu_kernels = simulator.kernels_for
     for target in ("reram-128x128", "rram4-128x128"):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(37, 48), torch.nn.ReLU(), torch.nn.Linear(48, 9))
         spec = nvcc_pt.get_target(target).replace(rows=16, cols=16)
         x = torch.randn(5, 37, generator=torch.Generator().manual_seed(1))
         stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="adc", seed=3)
-        simulator.kernels_for = lambda t: simulator_triton
-        keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="adc", seed=3)
-        with torch.no_grad():
+        with as_on_a_gpu(), torch.no_grad():
+            keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="adc", seed=3)
             same = torch.equal(keyed(x), stored(x))
-        simulator.kernels_for = cpu_kernels
         chips = all(getattr(state.levels, CHIP_ATTR, None) is not None for _, state in keyed.plan.states())
         print(json.dumps({"check": f"regenerated {target}", "keyed": chips, "equal": same}), flush=True)
         # noisy chips: the keyed kernel draws the columns, the effective weight is read back from them
         stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="noisy", seed=3)
-        simulator.kernels_for = lambda t: simulator_triton
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # programming runs ops on torch's thread count: the interpreter is not thread-safe
-        drawn = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="noisy", seed=3)
-        torch.set_num_threads(threads)
-        simulator.kernels_for = cpu_kernels
+        with as_on_a_gpu(threads=1):
+            drawn = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="noisy", seed=3)
         same = all(torch.equal(a.weight, b.weight) for (_, a), (_, b) in zip(stored.plan.states(), drawn.plan.states()))
         print(json.dumps({"check": f"noisy drawn {target}", "equal": same}), flush=True)
 
