@@ -2,7 +2,8 @@
 
     python benchmarks/simulator_speed.py                 # CPU: 1024x1024 layer at batch 256, a small Llama,
                                                          # Monte Carlo one instance per pass against batched
-    python benchmarks/simulator_speed.py --device cuda   # adds a 4096x4096 layer at batch 4096
+    python benchmarks/simulator_speed.py --device cuda   # adds a 4096x4096 layer at batch 4096, and read noise
+                                                         # replayed from CUDA graphs against eager calls
     python benchmarks/simulator_speed.py --threads 2 --smollm2 128   # adds the real SmolLM2-135M, bit-serial
 
 On CPU the simulator's GEMMs run on oneDNN where torch ships it; the layer's JSON then also gives
@@ -177,6 +178,30 @@ def bench_smollm2(tokens: int) -> dict:
     return out
 
 
+def bench_read_noise_graphs(device: torch.device, repeat: int) -> dict:
+    """Milliseconds per call of the built-in tiny Llama on `pcm-256x256` (read noise on every call), 1 x 16 tokens,
+    replayed from CUDA graphs against eager calls: a replay draws each call's read noise on the GPU."""
+    from nvcc_pt.models import build_model
+
+    ids = torch.randint(0, 101, (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    out = {"model": "builtin:tiny-llama", "target": "pcm-256x256", "tokens": 16}
+    for fidelity in ("noisy", "adc"):
+        cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "pcm-256x256", fidelity=fidelity, seed=1).to(device)
+        with torch.no_grad():
+            for graphs in (False, True):
+                cm.cuda_graphs = graphs
+                for _ in range(3):  # the first call runs eagerly, the second records
+                    cm(ids)
+                torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                for _ in range(5 * repeat):
+                    cm(ids)
+                torch.cuda.synchronize(device)
+                out[f"{fidelity}_{'replayed' if graphs else 'eager'}_ms"] = (time.perf_counter() - start) / (5 * repeat) * 1e3
+        out[f"{fidelity}_speedup"] = out[f"{fidelity}_eager_ms"] / out[f"{fidelity}_replayed_ms"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -195,6 +220,7 @@ def main() -> None:
                "layers": [bench_layer(1024, 1024, 256, device, args.repeat)]}
     if device.type == "cuda":
         results["layers"].append(bench_layer(4096, 4096, 4096, device, args.repeat))
+        results["read_noise_graphs"] = bench_read_noise_graphs(device, args.repeat)
     print(json.dumps(results["layers"]), file=sys.stderr, flush=True)  # partial results, should a later step fail
     if args.smollm2:
         results["smollm2"] = bench_smollm2(args.smollm2)

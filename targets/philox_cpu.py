@@ -1,9 +1,10 @@
 """The keyed generator's draws (`targets.philox`) compiled for the CPU with Numba.
 
 The torch integer ops in `targets.philox` are the reference; they take about 130 elementwise passes over int64
-tensors per four draws, some 40 ns a draw on two cores, seven times `torch.randn`. Compiled, Philox4x32-10 and
+tensors per four draws, some 35 ns a normal on two cores, four times `torch.randn`. Compiled, Philox4x32-10 and
 Triton's uniform and Box-Muller steps run per counter in registers: uniforms bit for bit the same, normals to the
-float rounding of the CPU's log, cosine and sine (about 5e-7).
+float rounding of the CPU's log, cosine and sine (about 5e-7), 10 ns a normal and 4 ns a uniform
+(`benchmarks/keyed_draws.py`).
 
 A call splits its counters over `torch.get_num_threads()` threads: the kernel releases the GIL and takes no lock,
 so it can be called from any thread (programming draws several ops' chips at once).
