@@ -138,8 +138,8 @@ each call regenerates the levels from the model's weight and the chip's key (`Ke
 adds almost nothing to the model (stored levels take twice the fp32 weight's bytes at 4 slices, the effective
 weight once more). On a GPU with Triton that is one kernel pass per call. On the CPU it is the torch ops with the
 compiled generator, 0.094 s per call of a 1024x1024 op: a fifth of that op's `bit-serial` call at 256 tokens and
-fifteen times its call for one token, so the CPU stores chips unless this says otherwise. Censored (training)
-draws, and on a GPU cells wider than 11 bits, are always stored."""
+fifteen times its call for one token, so the CPU stores chips unless this says otherwise. A bool sets every device
+type. Censored (training) draws, and on a GPU cells wider than 11 bits, are always stored."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,8 @@ def kernel_draws(source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
 
 def regenerates(noise: NoiseInfo, fidelity: str, source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
     """Whether `program_state` keeps the op's chip as a `KeyedChip` instead of its levels (`REGENERATE_LEVELS`)."""
-    if not REGENERATE_LEVELS.get(source.device.type, False) or fidelity not in CROSSBAR:
+    on = REGENERATE_LEVELS if isinstance(REGENERATE_LEVELS, bool) else REGENERATE_LEVELS.get(source.device.type, False)
+    if not on or fidelity not in CROSSBAR:
         return False
     return censor is None if source.device.type == "cpu" else kernel_draws(source, cfg, censor)
 

@@ -297,7 +297,9 @@ def test_a_regenerated_chip_serves_every_user_path(tmp_path, monkeypatch, target
     spec = nvcc_pt.get_target(target).replace(rows=16, cols=16, stuck_at_gmin=0.01)
     x = torch.randn(5, 37)
     stored = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
-    monkeypatch.setitem(simulator.REGENERATE_LEVELS, "cpu", True)  # the user's switch
+    monkeypatch.setattr(simulator, "REGENERATE_LEVELS", False)  # a bool sets every device type
+    assert all(getattr(s.levels, CHIP_ATTR, None) is None for _, s in stored.program(3).plan.states())
+    monkeypatch.setattr(simulator, "REGENERATE_LEVELS", {"cuda": True, "cpu": True})  # the CPU's switch
     keyed = nvcc_pt.compile(model, target=spec, example_inputs=(x,), fidelity="bit-serial", seed=3)
     assert all(getattr(s.levels, CHIP_ATTR, None) is not None for _, s in keyed.plan.states())
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
