@@ -58,7 +58,7 @@ class CompiledModel:
         self.cuda_graphs = not write_states(plan.graph_module)
         """On a CUDA device, replay repeated inference calls (no autograd) from CUDA graphs, one per input shape.
         A replay draws the next call's read noise: the draw kernel reads each op's stream seed and call count where
-        they live, on the GPU (`philox.randn_block`). Plans with mapped dynamic products run eagerly."""
+        they live, on the GPU (`philox.block_draws`). Plans with mapped dynamic products run eagerly."""
         self._graphs = GraphCache()
         self._checked = None
         self._addresses: tuple | None = None

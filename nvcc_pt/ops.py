@@ -295,8 +295,7 @@ class WriteState(nn.Module):
     def reseed(self, seed: int) -> None:
         from nvcc_pt.targets.philox import BlockKey
 
-        self.seed = int(seed)
-        BlockKey.start(self.seed, int(self.config.get("op_index", 0)), state=self.key)
+        BlockKey.start(int(seed), int(self.config.get("op_index", 0)), state=self.key)
 
     @property
     def calls(self) -> int:

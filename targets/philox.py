@@ -38,6 +38,8 @@ COMPILED_CPU = True
 (the reference the compiled draws are tested against)."""
 _UNIFORM_SCALE = 4.6566127342e-10
 """Triton's scale from a non-negative int32 to [0, 1): the largest with `(2^31 - 1) * scale < 1` in float32."""
+_TINY_UNIFORM, _TWO_PI = 1.0e-7, 6.283185307179586
+"""Box-Muller's floor on its first uniform (Triton's, so that the log stays finite) and 2 pi, as `tl.randn4x` has them."""
 
 
 def philox4x32(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torch.Tensor, k0: int,
@@ -107,8 +109,8 @@ def _normal4(words: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     u = _uniform4(words)
     out = []
     for first, second in ((u[0], u[1]), (u[2], u[3])):
-        radius = torch.log(first.clamp_(min=1.0e-7)).mul_(-2.0).sqrt_()
-        theta = second.mul_(6.283185307179586)
+        radius = torch.log(first.clamp_(min=_TINY_UNIFORM)).mul_(-2.0).sqrt_()
+        theta = second.mul_(_TWO_PI)
         out += [radius * torch.cos(theta), radius.mul_(torch.sin(theta))]
     return out
 
@@ -142,7 +144,7 @@ def randn(seed: int, count: int, device: torch.device | str = "cpu", start: int 
     return _draws(seed, count, start, device, _normal4)
 
 
-def randn_block(state: torch.Tensor, count: int, stride: int, normal: bool = True) -> torch.Tensor:
+def block_draws(state: torch.Tensor, count: int, stride: int, normal: bool = True) -> torch.Tensor:
     """Standard normals (or, not `normal`, uniforms) of the stream whose seed is `state[0]`, draws
     `state[1] * stride .. + count - 1` (`state`: an int64 pair on the draws' device; `stride` a multiple of 4). On a
     GPU with Triton the kernel reads the pair where it is, so a CUDA graph's replay draws the block the pair holds
@@ -187,12 +189,12 @@ class BlockKey:
     def normal(self, stream: int, shape: tuple[int, ...] | torch.Size,
                device: torch.device | str | None = None) -> torch.Tensor:
         """Standard normals `shape` (float32) of the call's block of `stream`, on the state's device."""
-        return randn_block(self.state[stream], math.prod(int(n) for n in shape), BLOCK_STRIDE).view(tuple(shape))
+        return block_draws(self.state[stream], math.prod(int(n) for n in shape), BLOCK_STRIDE).view(tuple(shape))
 
     def uniform(self, stream: int, shape: tuple[int, ...] | torch.Size,
                 device: torch.device | str | None = None) -> torch.Tensor:
         """Uniforms in [0, 1) `shape` (float32) of the call's block of `stream`, on the state's device."""
-        return randn_block(self.state[stream], math.prod(int(n) for n in shape), BLOCK_STRIDE,
+        return block_draws(self.state[stream], math.prod(int(n) for n in shape), BLOCK_STRIDE,
                            normal=False).view(tuple(shape))
 
 

@@ -19,14 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 import torch
+from nvcc_pt.targets import philox
 
-_MASK = np.uint64(0xFFFFFFFF)
-_SHIFT = np.uint64(32)
-_ROUND_A, _ROUND_B = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
-_KEY_A, _KEY_B = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
-_UNIFORM_SCALE = np.float32(4.6566127342e-10)
-_TWO_PI = np.float32(6.283185307179586)
-_TINY = np.float32(1.0e-7)
+# the reference's constants, typed for the compiled code
+_MASK, _SHIFT = np.uint64(philox._MASK), np.uint64(32)
+_ROUND_A, _ROUND_B = np.uint64(philox._ROUND_A), np.uint64(philox._ROUND_B)
+_KEY_A, _KEY_B = np.uint64(philox._KEY_A), np.uint64(philox._KEY_B)
+_ROUNDS = philox._ROUNDS
+_UNIFORM_SCALE = np.float32(philox._UNIFORM_SCALE)
+_TWO_PI = np.float32(philox._TWO_PI)
+_TINY = np.float32(philox._TINY_UNIFORM)
 _MIN_SPLIT = 2**16
 """Counters below which a call runs on the calling thread alone."""
 
@@ -52,7 +54,7 @@ def _draw_range(out, seed, first, stop, start, normal):
         c2 = np.uint64(0)
         c3 = np.uint64(0)
         k0, k1 = key0, key1
-        for _ in range(10):
+        for _ in range(_ROUNDS):
             prod_b = c2 * _ROUND_B
             prod_a = c0 * _ROUND_A
             c0, c1, c2, c3 = (prod_b >> _SHIFT) ^ c1 ^ k0, prod_b & _MASK, (prod_a >> _SHIFT) ^ c3 ^ k1, prod_a & _MASK

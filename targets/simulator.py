@@ -75,7 +75,7 @@ from nvcc_pt.targets.devices import (
     slice_places,
     weight_codes,
 )
-from nvcc_pt.targets.philox import BLOCK_STRIDE, DRIFT, FAULT, VARIATION, ChipKey, randn_block
+from nvcc_pt.targets.philox import BLOCK_STRIDE, DRIFT, FAULT, VARIATION, ChipKey, block_draws
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
@@ -185,16 +185,17 @@ class KeyedChip:
         qmax = 2 ** (cfg["weight_bits"] - 1) - 1
         peak = torch.round(weight.detach().float().abs().amax(1) / scale).clamp_(max=qmax)
         w_top = (peak * scale).amax()
-        found = ("share", cfg["cell_bits"], cfg["slices"], str(weight.device))
-        if found not in _SIGMAS:
+        found = (cfg["cell_bits"], cfg["slices"], str(weight.device))
+        if found not in _SHARES:
             places = slice_places(cfg["cell_bits"], cfg["slices"])
-            _SIGMAS[found] = (places / (places**2).sum()).to(weight.device)
+            _SHARES[found] = (places / (places**2).sum()).to(weight.device)
         inside, outside = band_scale(torch.tensor([0.5, 0.0]), self.noise.band_factor).tolist()  # float32 values
         std = torch.tensor(per_weight_std(self.noise.sigma, cfg["cell_bits"], cfg["slices"]), dtype=torch.float32)
-        return w_top, peak, _SIGMAS[found], std.item(), inside, outside
+        return w_top, peak, _SHARES[found], std.item(), inside, outside
 
 
-_SIGMAS: dict[tuple, torch.Tensor] = {}
+_SHARES: dict[tuple, torch.Tensor] = {}
+"""Each slice's share of a per-weight deviation, per (cell bits, slices, device): copied to a device once."""
 
 
 def kernel_draws(source: torch.Tensor, cfg: dict, censor: float | None) -> bool:
@@ -311,7 +312,7 @@ def read_normals(scale: torch.Tensor, cfg: dict, shape: torch.Size, device: torc
     if stream is None:  # a state never programmed here: key it by the op's name, deterministically
         stream = ReadStream(0, zlib.crc32(cfg["op"].encode()), device)
         setattr(scale, READ_STREAM_ATTR, stream)
-    return randn_block(stream.next_call(device), math.prod(shape), BLOCK_STRIDE).view(shape)
+    return block_draws(stream.next_call(device), math.prod(shape), BLOCK_STRIDE).view(shape)
 
 
 def _store(state: CimState, name: str, value: torch.Tensor) -> None:
