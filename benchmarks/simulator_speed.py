@@ -178,15 +178,17 @@ def bench_smollm2(tokens: int) -> dict:
     return out
 
 
-def bench_read_noise_graphs(device: torch.device, repeat: int) -> dict:
-    """Milliseconds per call of the built-in tiny Llama on `pcm-256x256` (read noise on every call), 1 x 16 tokens,
-    replayed from CUDA graphs against eager calls: a replay draws each call's read noise on the GPU."""
+def bench_noise_graphs(device: torch.device, repeat: int, target: str, policy: dict | None = None) -> dict:
+    """Milliseconds per call of the built-in tiny Llama, 1 x 16 tokens, replayed from CUDA graphs against eager
+    calls, on a target whose noise is drawn on every call: `pcm-256x256` (read noise), or attention mapped with
+    `{"map_dynamic": True}` (write noise). A replay draws each call's noise on the GPU."""
     from nvcc_pt.models import build_model
 
     ids = torch.randint(0, 101, (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
-    out = {"model": "builtin:tiny-llama", "target": "pcm-256x256", "tokens": 16}
+    out = {"model": "builtin:tiny-llama", "target": target, "policy": policy, "tokens": 16}
     for fidelity in ("noisy", "adc"):
-        cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "pcm-256x256", fidelity=fidelity, seed=1).to(device)
+        cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), target, fidelity=fidelity, seed=1,
+                             policy=policy).to(device)
         with torch.no_grad():
             for graphs in (False, True):
                 cm.cuda_graphs = graphs
@@ -220,7 +222,8 @@ def main() -> None:
                "layers": [bench_layer(1024, 1024, 256, device, args.repeat)]}
     if device.type == "cuda":
         results["layers"].append(bench_layer(4096, 4096, 4096, device, args.repeat))
-        results["read_noise_graphs"] = bench_read_noise_graphs(device, args.repeat)
+        results["read_noise_graphs"] = bench_noise_graphs(device, args.repeat, "pcm-256x256")
+        results["write_noise_graphs"] = bench_noise_graphs(device, args.repeat, "reram-128x128", {"map_dynamic": True})
     print(json.dumps(results["layers"]), file=sys.stderr, flush=True)  # partial results, should a later step fail
     if args.smollm2:
         results["smollm2"] = bench_smollm2(args.smollm2)

@@ -55,10 +55,10 @@ class CompiledModel:
         self.report = report
         self.soft_prompt = soft_prompt
         """The soft prompt used when a call passes none (prompted models with the prompt as an input)."""
-        self.cuda_graphs = not write_states(plan.graph_module)
+        self.cuda_graphs = True
         """On a CUDA device, replay repeated inference calls (no autograd) from CUDA graphs, one per input shape.
-        A replay draws the next call's read noise: the draw kernel reads each op's stream seed and call count where
-        they live, on the GPU (`philox.block_draws`). Plans with mapped dynamic products run eagerly."""
+        A replay draws the next call's read noise, and the write noise of mapped dynamic products: the draw kernels
+        read each op's stream seeds and call counts where they live, on the GPU (`philox.block_draws`)."""
         self._graphs = GraphCache()
         self._checked = None
         self._addresses: tuple | None = None

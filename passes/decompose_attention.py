@@ -18,6 +18,7 @@ attention with dropout, and graphs without attention are left alone.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import fx
@@ -54,7 +55,10 @@ class _Emitter:
         node.meta["stack_trace"] = self.anchor.meta.get("stack_trace")
         if self.fake_mode is not None:
             fake = lambda a: a.meta["val"] if isinstance(a, fx.Node) else a
-            with self.fake_mode:
+            # these values only tell later passes the shapes: a guard an op evaluates on them (some torch versions'
+            # matmul compares batch sizes) must not specialize the graph's dynamic inputs to the example's sizes
+            shapes = self.fake_mode.shape_env
+            with self.fake_mode, shapes.suppress_guards() if shapes is not None else nullcontext():
                 node.meta["val"] = target(*[fake(a) if not isinstance(a, list) else [fake(x) for x in a] for a in args],
                                           **{k: fake(v) for k, v in kwargs.items()})
         return node
