@@ -87,6 +87,7 @@ def propagate_shapes(gm: fx.GraphModule, inputs) -> None:
     """Give every node the `meta["val"]` capture gave it: fake tensors with symbolic sizes where the captured
     input was dynamic, so passes that read shapes (convolution geometry, attention decomposition) lower a
     loaded program as they lowered the compiled one, without fixing any dynamic size."""
+    from torch._dispatch.python import enable_python_dispatcher
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
@@ -98,7 +99,8 @@ def propagate_shapes(gm: fx.GraphModule, inputs) -> None:
         example = torch.zeros([4 if s is None else s for s in spec.shape], dtype=getattr(torch, spec.dtype))
         dims = [DimDynamic.DYNAMIC if s is None else DimDynamic.STATIC for s in spec.shape]
         fakes.append(mode.from_tensor(example, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims)))
-    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+    with enable_python_dispatcher():  # as torch.export traces: composite ops (linear) then size symbolic inputs
+        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
 
 
 # -- writing ----------------------------------------------------------------------------------
