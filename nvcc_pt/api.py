@@ -127,7 +127,7 @@ class CompiledModel:
             if self._addresses is None:  # a replay reads the buffers at these addresses; the ADC grid is baked in
                 self._addresses = tuple((s.weight.data_ptr(), s.scale.data_ptr(), s.levels.data_ptr(),
                                          tuple(s.adc_range.tolist()) if s.adc_range.numel() <= 2
-                                         else s.adc_range.data_ptr(), getattr(s.levels, CHIP_ATTR, None))
+                                         else s.adc_range.data_ptr(), _recorded_chip(s))
                                         for _, s in self.plan.states())
             signature = tuple((a.shape, a.dtype, a.device) for a in flat)
             return self._graphs.run(self.graph_module, flat, (signature, self._addresses), kept=lambda: noise_kept(self))
@@ -363,6 +363,13 @@ def _relower(exported, records, target, fidelity, seed, capture_info, results) -
     ctx.provided.update(meta.RECORD_TYPES)
     gm = run_passes(gm, ctx, [lower])
     return ExecutablePlan(gm, exported, target, fidelity, seed, capture_info, records, dict(results))
+
+
+def _recorded_chip(state) -> tuple | None:
+    """What a CUDA graph bakes in of an op's regenerated chip (`KeyedChip.recorded`): not the seed, which the kernel
+    reads on the GPU, so a graph recorded for one chip serves the next (Monte Carlo replays its chips)."""
+    chip = getattr(state.levels, CHIP_ATTR, None)
+    return chip.recorded() if chip is not None else None
 
 
 @contextmanager

@@ -22,6 +22,7 @@ a compare per partial sum and is only recorded when an input of the op requires 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import lru_cache
 from typing import Any
@@ -196,7 +197,9 @@ class CimState(nn.Module):
         if stream is not None:  # a moved buffer is a new tensor: the read-noise stream goes with it
             stream.state = fn(stream.state)
             setattr(self.scale, READ_STREAM_ATTR, stream)
-        if chip is not None:  # so does a regenerated chip
+        if chip is not None:  # so does a regenerated chip, with its seeds where the kernel reads them
+            if chip.seeds is not None:
+                chip = dataclasses.replace(chip, seeds=fn(chip.seeds))
             setattr(self.levels, CHIP_ATTR, chip)
         return self
 

@@ -47,7 +47,7 @@ import math
 import weakref
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -154,18 +154,46 @@ class KeyedChip:
     time_s: float | None
     g_min: float
     t0: float
+    seeds: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """The stream seeds (`stream_seeds`) as int64 on the GPU, where the kernel reads them in a call (`columns(...,
+    replayable=True)`); the op's next chip is written into the same tensor (`on_device`), so a CUDA graph recorded
+    for one chip regenerates whichever is programmed when it replays."""
 
-    def columns(self, weight: torch.Tensor, scale: torch.Tensor, cfg: dict) -> torch.Tensor:
-        """The float16 levels `[R, rows, S*N]` of the chip programmed from `weight` `[N, K]` with `scale` `[N]`."""
+    def stream_seeds(self) -> tuple[int, int, int]:
+        """The variation, drift and fault streams' Philox seeds (`ChipKey.stream_seed`)."""
+        key = op_generator(self.seed, self.op)
+        return key.stream_seed(VARIATION), key.stream_seed(DRIFT), key.stream_seed(FAULT)
+
+    def on_device(self, device: torch.device, previous: KeyedChip | None = None) -> KeyedChip:
+        """This chip with its seeds also held on `device` where that is a GPU: in `previous`'s tensor where it has
+        one there (written from the host's numbers, so nothing waits for the device)."""
+        if device.type != "cuda":
+            return self
+        held = previous.seeds if previous is not None else None
+        seeds = held if held is not None and held.device == device else torch.empty(3, dtype=torch.int64,
+                                                                                     device=device)
+        for i, value in enumerate(self.stream_seeds()):
+            seeds[i].fill_(value)
+        return replace(self, seeds=seeds)
+
+    def recorded(self) -> tuple:
+        """What a CUDA graph of a call bakes in of this chip: all but the seed where the kernel reads it on the
+        device."""
+        return (self.op, self.noise, self.time_s, self.g_min, self.t0, None if self.seeds is not None else self.seed)
+
+    def columns(self, weight: torch.Tensor, scale: torch.Tensor, cfg: dict, replayable: bool = False) -> torch.Tensor:
+        """The float16 levels `[R, rows, S*N]` of the chip programmed from `weight` `[N, K]` with `scale` `[N]`.
+        `replayable`: the kernel reads the seeds from `seeds` (a call: its CUDA graph then serves every chip of the
+        op)."""
         fused = kernels_for(weight)
         if fused is None:  # the torch ops, as `program_state` stores them
             codes = weight_codes(weight, cfg)[0]
             return _programmed_columns(levels_of(codes, cfg), codes, scale, self, cfg)[1]
-        return self.kernel_columns(fused, weight, scale, cfg)
+        return self.kernel_columns(fused, weight, scale, cfg, replayable)
 
-    def kernel_columns(self, fused, weight: torch.Tensor, scale: torch.Tensor, cfg: dict) -> torch.Tensor:
+    def kernel_columns(self, fused, weight: torch.Tensor, scale: torch.Tensor, cfg: dict,
+                       replayable: bool = False) -> torch.Tensor:
         """`columns` from the Triton pass of the kernel module `fused` (`simulator_triton.keyed_columns`)."""
-        key = op_generator(self.seed, self.op)
         top = 2 ** cfg["cell_bits"] - 1
         sigmas = level_sigma_steps(self.noise.level_sigmas, top, weight.device)
         drift = None
@@ -174,7 +202,9 @@ class KeyedChip:
         stuck = None
         if self.noise.stuck_at_gmin or self.noise.stuck_at_gmax:
             stuck = (self.noise.stuck_at_gmin, self.noise.stuck_at_gmax)
-        seeds = (key.stream_seed(VARIATION), key.stream_seed(DRIFT), key.stream_seed(FAULT))
+        seeds = self.stream_seeds()
+        if replayable and self.seeds is not None and self.seeds.device == weight.device:
+            seeds = self.seeds
         per_weight = self._per_weight(weight, scale, cfg) if self.noise.variation == "per-weight" else None
         return fused.keyed_columns(weight, scale, sigmas, seeds, cfg, drift, stuck, per_weight)
 
@@ -267,7 +297,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
     # Integer codes are not kept between programmings: quantizing costs a few elementwise passes, far less than
     # drawing the variation, and a kept copy would add half the weight's bytes to every op's state.
     codes, scale = weight_codes(source, cfg)
-    state.scale = scale
+    _store(state, "scale", scale)
     state.start_read_stream(seed, op_index)
     if fidelity == "quantized":
         _store(state, "weight", (read_back(levels_of(codes, cfg).float(), cfg) * scale[:, None]).to(source.dtype))
@@ -279,6 +309,7 @@ def program_state(state: CimState, noise: NoiseInfo, fidelity: str, seed: int, o
         g_min, t0 = device_model.g_min_us / span * (2 ** cfg["cell_bits"] - 1), device_model.drift_t0_s
     chip = KeyedChip(int(seed), int(op_index), noise, time_s, g_min, t0)
     if regenerates(noise, fidelity, source, cfg, censor):  # nothing stored: the calls regenerate the levels
+        chip = chip.on_device(source.device, getattr(state.levels, CHIP_ATTR, None))
         state.weight = source
         state.levels = no_levels
         setattr(state.levels, CHIP_ATTR, chip)
@@ -828,7 +859,7 @@ def cim_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if fidelity in CROSSBAR:
         chip = getattr(levels, CHIP_ATTR, None)
         if chip is not None:  # regenerated from the source weight, which the op is then given
-            levels = chip.columns(weight.detach(), scale, cfg)
+            levels = chip.columns(weight.detach(), scale, cfg, replayable=True)
         elif levels.numel() == 0:
             raise FidelityError(f"op {cfg['op']!r} runs at fidelity {fidelity!r} but holds no programmed levels; "
                                 "call cm.program() or cm.with_fidelity(...) to program it")

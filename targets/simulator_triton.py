@@ -439,18 +439,24 @@ def _programmed_cell(mag, shift, base, k0, sig_ptr, seed_var, seed_drift, seed_f
 
 
 @triton.jit(do_not_specialize=["seed_var", "seed_drift", "seed_fault"])  # each chip's seeds, one compiled kernel
-def _keyed_columns_kernel(w_ptr, scale_ptr, sig_ptr, out_ptr, seed_var, seed_drift, seed_fault, N, K, SN,
+def _keyed_columns_kernel(w_ptr, scale_ptr, sig_ptr, out_ptr, seed_var, seed_drift, seed_fault, seed_ptr, N, K, SN,
                           ROWS_PAD, stride_n, stride_k, qmax, offset, cell_bits, mask_top, top, ratio, nu_mean,
                           nu_rel, g_min, stuck_low, stuck_high, w_top_ptr, peak_ptr, share_ptr, weight_std, band_in,
-                          band_out, tiny, DIFFERENTIAL: tl.constexpr, PER_WEIGHT: tl.constexpr, DRIFT: tl.constexpr,
-                          FAULTS: tl.constexpr, SHARED: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr):
+                          band_out, tiny, SEEDS_AT: tl.constexpr, DIFFERENTIAL: tl.constexpr,
+                          PER_WEIGHT: tl.constexpr, DRIFT: tl.constexpr, FAULTS: tl.constexpr, SHARED: tl.constexpr,
+                          BK: tl.constexpr, BC: tl.constexpr):
     """out[k, s * N + n]: the float16 column level of slice s of output n on input row k (0 on padding rows).
+
+    SEEDS_AT: the three stream seeds are read from `seed_ptr` (int64 on the device) instead of passed, so a CUDA
+    graph's replay regenerates the chip whose seeds are there then.
 
     PER_WEIGHT: one deviation per weight (`devices.weight_variation`: a normal from the variation stream at the
     weight's flat index, times `weight_std * max|W| * band / scale`, zero on rows whose codes are all zero), spread
     over the cells that hold the weight by each slice's share (`devices.spread_over_cells`). `w_top_ptr` holds
     max|W| of the quantized weight, `peak_ptr` each row's largest |code|, `share_ptr` each slice's share.
     """
+    if SEEDS_AT:
+        seed_var, seed_drift, seed_fault = tl.load(seed_ptr), tl.load(seed_ptr + 1), tl.load(seed_ptr + 2)
     k0 = tl.program_id(0) * BK
     rk = k0 + tl.arange(0, BK)
     rc = tl.program_id(1) * BC + tl.arange(0, BC)
@@ -497,15 +503,17 @@ def _keyed_columns_kernel(w_ptr, scale_ptr, sig_ptr, out_ptr, seed_var, seed_dri
              mask=(rk < ROWS_PAD)[:, None] & c_ok[None, :])
 
 
-def keyed_columns(weight: torch.Tensor, scale: torch.Tensor, sigmas: torch.Tensor, seeds: tuple[int, int, int],
+def keyed_columns(weight: torch.Tensor, scale: torch.Tensor, sigmas: torch.Tensor,
+                  seeds: tuple[int, int, int] | torch.Tensor,
                   cfg: dict, drift: tuple[float, float, float, float] | None,
                   stuck: tuple[float, float] | None, per_weight: tuple | None = None) -> torch.Tensor:
     """A chip's float16 column levels `[R, rows, S*N]` regenerated from the weight `[N, K]` and the chip's key, what
     `program_state` stores, in one pass.
 
     `sigmas`: the per-level sigma in level steps `[2^cell_bits]` (float32); `seeds`: the variation, drift and fault
-    streams' Philox seeds (`ChipKey.stream_seed`); `drift`: (time over t0, mean nu, nu's relative spread, G_min in
-    levels) or None; `stuck`: the stuck-at-G_min and stuck-at-G_max probabilities, or None. `per_weight`, for
+    streams' Philox seeds (`ChipKey.stream_seed`), as numbers or as an int64 tensor `[3]` on the weight's device,
+    which the kernel reads there (a CUDA graph's replay then regenerates the chip whose seeds it holds then);
+    `drift`: (time over t0, mean nu, nu's relative spread, G_min in levels) or None; `stuck`: the stuck-at-G_min and stuck-at-G_max probabilities, or None. `per_weight`, for
     per-weight variation instead of per-cell: (max|W| of the quantized weight as a 0-d tensor, each row's largest
     |code| `[N]`, each slice's share `[S]`, the deviation's std per max|W|, the band's factor inside and outside it,
     all as float32 tensors or float32-rounded numbers).
@@ -520,11 +528,13 @@ def keyed_columns(weight: torch.Tensor, scale: torch.Tensor, sigmas: torch.Tenso
         sigmas, sigmas, sigmas, 0.0, 0.0, 0.0)
     bk, bc = 32, 64
     grid = (triton.cdiv(rows_pad, bk), triton.cdiv(sn, bc))
-    _keyed_columns_kernel[grid](weight, scale.float().contiguous(), sigmas, out, *seeds, n, k, sn, rows_pad,
+    at = isinstance(seeds, torch.Tensor)
+    _keyed_columns_kernel[grid](weight, scale.float().contiguous(), sigmas, out, *((0, 0, 0) if at else seeds),
+                                seeds if at else out, n, k, sn, rows_pad,
                                 weight.stride(0), weight.stride(1), float(2 ** (cfg["weight_bits"] - 1) - 1),
                                 2 ** (cfg["weight_bits"] - 1), cell_bits, 2**cell_bits - 1, float(2**cell_bits - 1),
                                 ratio, nu_mean, nu_rel, g_min, low, 1.0 - high, w_top, peak, share, weight_std,
-                                band_in, band_out, TINY, DIFFERENTIAL=cfg["sign"] == "differential",
+                                band_in, band_out, TINY, SEEDS_AT=at, DIFFERENTIAL=cfg["sign"] == "differential",
                                 PER_WEIGHT=per_weight is not None, DRIFT=drift is not None,
                                 FAULTS=stuck is not None, SHARED=k % 4 == 0, BK=bk, BC=bc, num_warps=4)
     return out.view(rows_pad // rows, rows, sn)

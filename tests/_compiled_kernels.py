@@ -32,7 +32,7 @@ CROSSBAR = dict({n: F16 for n in ("p_ptr", "hi_ptr", "lo_ptr")}, clip_ptr="*i8",
 KEYED = dict({n: F32 for n in ("w_ptr", "scale_ptr", "sig_ptr", "w_top_ptr", "peak_ptr", "share_ptr")}, out_ptr=F16,
              **{n: "fp32" for n in ("qmax", "top", "ratio", "nu_mean", "nu_rel", "g_min", "stuck_low", "stuck_high",
                                     "weight_std", "band_in", "band_out", "tiny")},
-             **{n: "i64" for n in ("seed_var", "seed_drift", "seed_fault", "stride_n", "stride_k")})
+             **{n: "i64" for n in ("seed_var", "seed_drift", "seed_fault", "stride_n", "stride_k")}, seed_ptr="*i64")
 FLAGS = ("GRID_COLS", "FLIP", "CLIPS", "POW2", "SPLIT", "ROUND_ADD", "ONE_STEP")
 CASES = [
     # the default preset at bit-serial (flipped columns, one power-of-two step), with and without clip flags
@@ -42,6 +42,8 @@ CASES = [
     ("dac_planes", st._dac_planes_kernel, {"x_ptr": F32, "p_ptr": F16, "dsum_ptr": F32}, dict(ENCODING=1, DIGITS=1), {}),
     ("keyed_columns", st._keyed_columns_kernel, KEYED, dict(DIFFERENTIAL=0, PER_WEIGHT=0, SHARED=1), {}),
     ("keyed_columns", st._keyed_columns_kernel, KEYED, dict(DIFFERENTIAL=1, PER_WEIGHT=1, SHARED=1), {}),
+    # a call's regeneration: the seeds read from the device (what a CUDA graph replays for every chip)
+    ("keyed_columns", st._keyed_columns_kernel, KEYED, dict(SEEDS_AT=1, SHARED=1), {}),
     ("split_linear", st._split_linear_kernel, {"x_ptr": F16, "w_ptr": F32, "scale_ptr": F32, "bias_ptr": F32,
                                                "y_ptr": F32}, dict(HAS_BIAS=1), {}),
     ("quantize_rows", st._quantize_rows_kernel, {"x_ptr": F32, "out_ptr": F16, "scale_ptr": F32, "qmax": "fp32",
@@ -53,8 +55,8 @@ CASES = [
 ]
 BLOCKS = {"crossbar": dict(BM=128, BN=64, BK=128), "keyed_columns": dict(BK=32, BC=64),
           "split_linear": dict(BM=128, BN=128, BK=64), "dac_planes": dict(BB=16, BK=128)}
-DEFAULTS = {"crossbar": {f: 0 for f in FLAGS}, "keyed_columns": dict(DIFFERENTIAL=0, PER_WEIGHT=0, DRIFT=0, FAULTS=0,
-                                                                      SHARED=0)}
+DEFAULTS = {"crossbar": {f: 0 for f in FLAGS}, "keyed_columns": dict(SEEDS_AT=0, DIFFERENTIAL=0, PER_WEIGHT=0, DRIFT=0,
+                                                                      FAULTS=0, SHARED=0)}
 
 if __name__ == "__main__":
     for arch in (90,):

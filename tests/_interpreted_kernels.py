@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
@@ -65,8 +66,10 @@ def keyed_chips() -> None:
         for i, (name, state) in enumerate(cm.plan.states()):
             chip = KeyedChip(3, i, cm.plan.records[name][meta.NOISE], None, 0.0, cm.target.device.drift_t0_s)
             got = chip.kernel_columns(simulator_triton, state.source, state.scale, state.config)
+            held = replace(chip, seeds=torch.tensor(chip.stream_seeds()))  # the seeds read from memory, as replays do
+            read = held.kernel_columns(simulator_triton, state.source, state.scale, state.config, replayable=True)
             print(json.dumps({"check": f"keyed {target} {sorted(changes)} {name}", "variation": chip.noise.variation,
-                              "equal": torch.equal(got, state.levels),
+                              "equal": torch.equal(got, state.levels), "seeds_read_equal": torch.equal(read, got),
                               "cells_apart": int((got != state.levels).sum())}), flush=True)
 
 

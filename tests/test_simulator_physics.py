@@ -202,6 +202,7 @@ def test_cuda_graph_replays_match_eager_calls(fidelity):
 
     ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0)).cuda()
     cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "reram-128x128", fidelity=fidelity, seed=1).to("cuda")
+    cm.program(1)  # as programmed on a GPU: adc and bit-serial chips regenerate per call (REGENERATE_LEVELS)
     with torch.no_grad():
         replayed = [cm(ids).logits, cm(ids).logits, cm(ids).logits][1:]  # the first call runs eagerly, the second records
         assert len(cm._graphs) == 1 and torch.equal(replayed[0], replayed[1])
@@ -211,10 +212,27 @@ def test_cuda_graph_replays_match_eager_calls(fidelity):
         eager2 = cm(ids).logits
         cm.cuda_graphs = True
         replayed2 = cm(ids).logits  # re-programming writes the same buffers: the recorded graph still holds
-        assert len(cm._graphs) == 1
+        assert len(cm._graphs) == 1 and len(cm._graphs._seen) == 1  # replayed, for a regenerated chip too
     assert ((replayed[0] - eager).norm() / eager.norm()).item() < 1e-6
     assert ((replayed2 - eager2).norm() / eager2.norm()).item() < 1e-6
     assert not torch.equal(eager, eager2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fidelity", ["adc", "bit-serial"])
+def test_montecarlo_replays_one_cuda_graph_for_every_regenerated_chip(fidelity):
+    from nvcc_pt.models import build_model
+
+    ids = torch.randint(0, 101, (2, 9), generator=torch.Generator().manual_seed(0)).cuda()
+    cm = nvcc_pt.compile(build_model("builtin:tiny-llama"), "reram-128x128", fidelity=fidelity, seed=1).to("cuda")
+    cm.program(1)  # regenerated per call from here (a chip moved from the CPU is stored)
+    metric = lambda m: float(m(ids).logits.double().sum())  # noqa: E731
+    result = nvcc_pt.montecarlo(cm, metric, seeds=5, progress=False)
+    assert len(cm._graphs) == 1 and len(cm._graphs._seen) == 1  # recorded once, replayed for the later chips
+    cm.cuda_graphs = False
+    with torch.no_grad():
+        eager = [metric(cm.program(seed)) for seed in range(5)]
+    assert list(result.values) == pytest.approx(eager, rel=1e-6) and len(set(eager)) == 5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -33,13 +33,14 @@ def test_every_kind_of_kernel_compiles_for_a_hopper_gpu():
     built = _run("_compiled_kernels.py")
     kinds = {c["kernel"] for c in built}
     assert kinds == {"crossbar", "dac_planes", "keyed_columns", "split_linear", "quantize_rows", "philox_draw"}
-    assert len(built) == 8 and all(c["cubin_bytes"] > 0 for c in built)
+    assert len(built) == 9 and all(c["cubin_bytes"] > 0 for c in built)
 
 
 @pytest.mark.skipif(not FOUND, reason="needs the triton package (make test installs it beside the environment)")
 def test_the_kernels_in_the_interpreter_give_what_the_torch_ops_give():
     """One run of `_interpreted_kernels.py` (half a minute), so that no two workers repeat it:
-    - regenerated per-cell and per-weight chips are the stored ones, bit for bit;
+    - regenerated per-cell and per-weight chips are the stored ones, bit for bit, with the seeds passed or read from
+      memory;
     - the DAC planes and their digit sums are `devices.input_planes`';
     - whole models through the GPU code paths (crossbar, split product, DAC planes), forward and input gradient
       (which reads the crossbar kernel's clip flags), match the CPU paths to float32 rounding, as on a GPU;
@@ -49,7 +50,7 @@ def test_the_kernels_in_the_interpreter_give_what_the_torch_ops_give():
     checks = _run("_interpreted_kernels.py", TRITON_INTERPRET="1")
     keyed = [c for c in checks if c["check"].startswith("keyed")]
     assert {c["variation"] for c in keyed} == {"per-cell", "per-weight"} and len(keyed) == 8
-    assert [c for c in keyed if not c["equal"]] == []
+    assert [c for c in keyed if not (c["equal"] and c["seeds_read_equal"])] == []
     planes = [c for c in checks if c["check"].startswith("planes")]
     assert len(planes) == 3 and [c for c in planes if not c["equal"]] == []
     paths = [c for c in checks if c["check"].startswith("path")]
