@@ -92,15 +92,21 @@ def propagate_shapes(gm: fx.GraphModule, inputs) -> None:
     from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    fakes = []
-    for spec in inputs:
-        # 4, not 0 or 1: sizes 0 and 1 would be specialized
-        example = torch.zeros([4 if s is None else s for s in spec.shape], dtype=getattr(torch, spec.dtype))
-        dims = [DimDynamic.DYNAMIC if s is None else DimDynamic.STATIC for s in spec.shape]
-        fakes.append(mode.from_tensor(example, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims)))
-    with enable_python_dispatcher():  # as torch.export traces: composite ops (linear) then size symbolic inputs
+    def propagate() -> None:
+        mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+        fakes = []
+        for spec in inputs:
+            # 4, not 0 or 1: sizes 0 and 1 would be specialized
+            example = torch.zeros([4 if s is None else s for s in spec.shape], dtype=getattr(torch, spec.dtype))
+            dims = [DimDynamic.DYNAMIC if s is None else DimDynamic.STATIC for s in spec.shape]
+            fakes.append(mode.from_tensor(example, symbolic_context=StatelessSymbolicContext(dynamic_sizes=dims)))
         FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+
+    try:
+        propagate()
+    except RuntimeError:  # torch 2.11's composite ops (aten.linear) cannot size a symbolic input outside the Python
+        with enable_python_dispatcher():  # dispatcher, which torch.export traces under (it costs a quarter more)
+            propagate()
 
 
 # -- writing ----------------------------------------------------------------------------------
