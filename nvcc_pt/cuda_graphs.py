@@ -31,8 +31,9 @@ def _clone(value):
 class GraphCache:
     """CUDA graphs of one forward function, least recently used first out beyond `capacity`.
 
-    A signature is recorded on its second call: a forward run once per programmed instance
-    (Monte Carlo with one call per chip) stays eager instead of paying for a recording each time.
+    A key is recorded on its second call, so an input shape used once costs no recording.
+    Re-programming keeps the key (the state is rewritten in place, and a regenerated chip's seeds
+    are read on the GPU), so Monte Carlo's chips, one call each, replay one graph.
     """
 
     def __init__(self, capacity: int = 8):
