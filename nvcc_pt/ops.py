@@ -124,10 +124,10 @@ class ReadStream:
     def restart(self, seed: int, op_index: int) -> None:
         """Calls from 0 again, for (seed, op), in the same buffer (filled from the host's numbers: no copy, so
         programming a model on a GPU does not wait for the device)."""
-        from nvcc_pt.targets.philox import READ, ChipKey
+        from nvcc_pt.targets.philox import READ, write_stream_seeds
 
         self.seed, self.op_index = int(seed), int(op_index)
-        self.state[0].fill_(ChipKey(self.seed, self.op_index).stream_seed(READ))
+        write_stream_seeds(self.state[:1], self.seed, self.op_index, (READ,))
         self.state[1].zero_()
 
     @property

@@ -160,6 +160,14 @@ BLOCK_STRIDE = 2**36
 `BlockKey`): call `n`'s cell `i` is draw `n * BLOCK_STRIDE + i` (2^36 float16 levels would take 128 GiB)."""
 
 
+def write_stream_seeds(out: torch.Tensor, seed: int, op: int, streams: tuple[int, ...]) -> torch.Tensor:
+    """Write the Philox seeds of (seed, op)'s `streams` into `out` (int64, one per stream, on any device) from the
+    host's numbers: a fill per stream, no copy, so nothing waits for the device."""
+    for i, stream in enumerate(streams):
+        out[i].fill_(ChipKey(seed, op).stream_seed(stream))
+    return out
+
+
 class BlockKey:
     """The key of one call's draws of an operand written per call (a mapped dynamic product): `state` `[3, 2]`, on
     the draws' device, holds each stream's (`VARIATION`, `DRIFT`, `FAULT`) Philox seed and the call's number, and
@@ -181,8 +189,7 @@ class BlockKey:
         """The state of (seed, op) before its first call (written into `state` where given, from the host's numbers:
         no copy, so nothing waits for the device)."""
         state = torch.empty(3, 2, dtype=torch.int64, device=device) if state is None else state
-        for stream in (VARIATION, DRIFT, FAULT):
-            state[stream, 0].fill_(ChipKey(seed, op).stream_seed(stream))
+        write_stream_seeds(state[:, 0], seed, op, (VARIATION, DRIFT, FAULT))
         state[:, 1].zero_()
         return state
 

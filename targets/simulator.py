@@ -75,7 +75,15 @@ from nvcc_pt.targets.devices import (
     slice_places,
     weight_codes,
 )
-from nvcc_pt.targets.philox import BLOCK_STRIDE, DRIFT, FAULT, VARIATION, ChipKey, block_draws
+from nvcc_pt.targets.philox import (
+    BLOCK_STRIDE,
+    DRIFT,
+    FAULT,
+    VARIATION,
+    ChipKey,
+    block_draws,
+    write_stream_seeds,
+)
 
 from nvcc_pt.errors import FidelityError, InputError
 from nvcc_pt.meta import NoiseInfo
@@ -172,9 +180,7 @@ class KeyedChip:
         held = previous.seeds if previous is not None else None
         seeds = held if held is not None and held.device == device else torch.empty(3, dtype=torch.int64,
                                                                                      device=device)
-        for i, value in enumerate(self.stream_seeds()):
-            seeds[i].fill_(value)
-        return replace(self, seeds=seeds)
+        return replace(self, seeds=write_stream_seeds(seeds, self.seed, self.op, (VARIATION, DRIFT, FAULT)))
 
     def recorded(self) -> tuple:
         """What a CUDA graph of a call bakes in of this chip: all but the seed where the kernel reads it on the
@@ -202,9 +208,8 @@ class KeyedChip:
         stuck = None
         if self.noise.stuck_at_gmin or self.noise.stuck_at_gmax:
             stuck = (self.noise.stuck_at_gmin, self.noise.stuck_at_gmax)
-        seeds = self.stream_seeds()
-        if replayable and self.seeds is not None and self.seeds.device == weight.device:
-            seeds = self.seeds
+        read = replayable and self.seeds is not None and self.seeds.device == weight.device
+        seeds = self.seeds if read else self.stream_seeds()
         per_weight = self._per_weight(weight, scale, cfg) if self.noise.variation == "per-weight" else None
         return fused.keyed_columns(weight, scale, sigmas, seeds, cfg, drift, stuck, per_weight)
 

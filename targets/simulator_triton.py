@@ -513,10 +513,11 @@ def keyed_columns(weight: torch.Tensor, scale: torch.Tensor, sigmas: torch.Tenso
     `sigmas`: the per-level sigma in level steps `[2^cell_bits]` (float32); `seeds`: the variation, drift and fault
     streams' Philox seeds (`ChipKey.stream_seed`), as numbers or as an int64 tensor `[3]` on the weight's device,
     which the kernel reads there (a CUDA graph's replay then regenerates the chip whose seeds it holds then);
-    `drift`: (time over t0, mean nu, nu's relative spread, G_min in levels) or None; `stuck`: the stuck-at-G_min and stuck-at-G_max probabilities, or None. `per_weight`, for
-    per-weight variation instead of per-cell: (max|W| of the quantized weight as a 0-d tensor, each row's largest
-    |code| `[N]`, each slice's share `[S]`, the deviation's std per max|W|, the band's factor inside and outside it,
-    all as float32 tensors or float32-rounded numbers).
+    `drift`: (time over t0, mean nu, nu's relative spread, G_min in levels) or None; `stuck`: the stuck-at-G_min
+    and stuck-at-G_max probabilities, or None. `per_weight`, for per-weight variation instead of per-cell: (max|W|
+    of the quantized weight as a 0-d tensor, each row's largest |code| `[N]`, each slice's share `[S]`, the
+    deviation's std per max|W|, the band's factor inside and outside it, all as float32 tensors or float32-rounded
+    numbers).
     """
     n, k = weight.shape
     slices, rows, cell_bits = cfg["slices"], cfg["rows"], cfg["cell_bits"]
